@@ -1,0 +1,34 @@
+//! `weft`: the command line of the weft service mesh.
+
+mod proxy_init;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "weft", version, about = "weft: a service mesh written in Rust")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write (or remove) the iptables rules that send a pod's traffic
+    /// through weft-proxy, as Linkerd's proxy-init does.
+    ProxyInit(proxy_init::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::ProxyInit(args) => proxy_init::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("weft: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The proxy's shape: three listeners, and for each accepted connection,
+//! accept → find the original destination → detect the protocol → proxy.
+
+use crate::{
+    admin::Admin,
+    config::{Config, ListenerConfig},
+    detect::{self, Detected, Protocol},
+    drain::Drain,
+    http::{ConnService, HttpProxy, client::Clients, client::Proto},
+    io::{self, MeteredIo, PrefixedIo},
+    metrics::{Direction, Metrics, Peer, TcpLabels, Tls},
+    tcp,
+};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Debug, thiserror::Error)]
+#[error("failed to listen on {name}={addr}: {source}")]
+pub struct BindError {
+    name: &'static str,
+    addr: SocketAddr,
+    source: std::io::Error,
+}
+
+/// A proxy whose listeners are bound.
+pub struct Proxy {
+    config: Config,
+    metrics: Arc<Metrics>,
+    drain: Drain,
+    inbound: TcpListener,
+    outbound: TcpListener,
+    admin: TcpListener,
+}
+
+/// One direction's listener and what its connections share.
+struct Listener {
+    direction: Direction,
+    config: ListenerConfig,
+    http: Arc<HttpProxy>,
+    metrics: Arc<Metrics>,
+    drain: Drain,
+    /// Where inbound connections go when nothing redirected them.
+    forward: Option<SocketAddr>,
+}
+
+// === impl Proxy ===
+
+impl Proxy {
+    pub async fn bind(config: Config) -> Result<Self, BindError> {
+        use crate::config::*;
+        let bind = |name: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|source| BindError { name, addr, source })
+        };
+        Ok(Self {
+            inbound: bind(ENV_INBOUND_LISTEN_ADDR, config.inbound.addr).await?,
+            outbound: bind(ENV_OUTBOUND_LISTEN_ADDR, config.outbound.addr).await?,
+            admin: bind(ENV_ADMIN_LISTEN_ADDR, config.admin_addr).await?,
+            metrics: Metrics::new(),
+            drain: Drain::new(),
+            config,
+        })
+    }
+
+    pub fn inbound_addr(&self) -> SocketAddr {
+        self.inbound.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn outbound_addr(&self) -> SocketAddr {
+        self.outbound.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves (SIGTERM) or the admin server's
+    /// `/shutdown` is called, then drains for the grace period. Returns the
+    /// number of connections that were still open when the grace ran out.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> usize {
+        let own_addrs = [self.inbound_addr(), self.outbound_addr(), self.admin_addr()];
+        tracing::info!(
+            inbound = %own_addrs[0], outbound = %own_addrs[1], admin = %own_addrs[2],
+            "weft-proxy is listening"
+        );
+        let listener = |direction, config: &ListenerConfig, own_addr, forward| {
+            Arc::new(Listener {
+                direction,
+                http: Arc::new(HttpProxy {
+                    direction,
+                    clients: Clients::new(direction, config.connect_timeout, self.metrics.clone()),
+                    metrics: self.metrics.clone(),
+                    ingress_mode: direction == Direction::Outbound && self.config.ingress_mode,
+                    own_addr,
+                    drain: self.drain.clone(),
+                }),
+                config: config.clone(),
+                metrics: self.metrics.clone(),
+                drain: self.drain.clone(),
+                forward,
+            })
+        };
+        let inbound =
+            listener(Direction::Inbound, &self.config.inbound, own_addrs[0], self.config.inbound_forward);
+        let outbound = listener(Direction::Outbound, &self.config.outbound, own_addrs[1], None);
+
+        let ready = Arc::new(AtomicBool::new(true));
+        let admin = Arc::new(Admin {
+            metrics: self.metrics.clone(),
+            ready,
+            shutdown_enabled: self.config.shutdown_endpoint_enabled,
+            drain: self.drain.clone(),
+        });
+        let admin_task = tokio::spawn(admin.serve(self.admin));
+        let inbound_task = tokio::spawn(inbound.accept_loop(self.inbound));
+        let outbound_task = tokio::spawn(outbound.accept_loop(self.outbound));
+
+        tokio::select! {
+            () = shutdown => tracing::info!("received a shutdown signal; draining"),
+            () = self.drain.signaled() => {}
+        }
+        self.drain.start();
+        let _ = tokio::join!(inbound_task, outbound_task);
+        let grace = self.config.shutdown_grace_period;
+        let left = self.drain.wait(grace).await;
+        if left > 0 {
+            tracing::warn!(connections = left, ?grace, "grace period over; closing the rest");
+        }
+        admin_task.abort();
+        left
+    }
+}
+
+// === impl Listener ===
+
+impl Listener {
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = self.drain.signaled() => return,
+            };
+            match accepted {
+                Ok((sock, client)) => {
+                    let this = self.clone();
+                    self.drain.spawn(async move { this.serve(sock, client).await });
+                }
+                Err(error) => {
+                    // Out of file descriptors, most likely: don't spin.
+                    tracing::warn!(direction = ?self.direction, %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn serve(&self, sock: TcpStream, client: SocketAddr) {
+        let _ = sock.set_nodelay(true);
+        let target = io::orig_dst(&sock).or(self.forward);
+        let tls = match self.direction {
+            Direction::Inbound => Tls::INBOUND_PLAIN,
+            Direction::Outbound => Tls::OUTBOUND_PLAIN,
+        };
+        let local = sock.local_addr().unwrap_or(self.config.addr);
+
+        // Ports whose clients or servers speak first skip detection.
+        if let Some(target) = target.filter(|t| self.config.opaque_ports.contains(t.port())) {
+            let sock = self.metered(sock, target, tls);
+            return self.forward_opaque(tcp::no_prefix(sock), target, tls).await;
+        }
+
+        let mut sock = self.metered(sock, target.unwrap_or(local), tls);
+        let (detected, prefix) = match detect::detect(&mut sock, self.config.detect_timeout).await {
+            Ok(d) => d,
+            Err(error) => {
+                tracing::debug!(%client, %error, "connection failed during detection");
+                return;
+            }
+        };
+        let io = PrefixedIo::new(prefix.freeze(), sock);
+        match detected {
+            Detected::Protocol(Protocol::Http1) => self.serve_http(io, Proto::Http1, target, tls).await,
+            Detected::Protocol(Protocol::H2) => self.serve_http(io, Proto::Http2, target, tls).await,
+            Detected::Protocol(Protocol::Tls) => {
+                if let Some(target) = target {
+                    self.forward_opaque(io, target, Tls::Passthru).await
+                }
+            }
+            Detected::Protocol(Protocol::Opaque) | Detected::Timeout => match target {
+                Some(target) => self.forward_opaque(io, target, tls).await,
+                None => tracing::info!(
+                    direction = ?self.direction, %client,
+                    "a non-HTTP connection has no original destination; closing it"
+                ),
+            },
+            Detected::Empty => {}
+        }
+    }
+
+    fn metered(&self, sock: TcpStream, target: SocketAddr, tls: Tls) -> MeteredIo<TcpStream> {
+        let labels = TcpLabels { direction: self.direction, peer: Peer::Src, target_addr: target, tls };
+        MeteredIo::new(sock, self.metrics.tcp(labels))
+    }
+
+    async fn forward_opaque(&self, io: PrefixedIo<MeteredIo<TcpStream>>, target: SocketAddr, tls: Tls) {
+        let timeout = self.config.connect_timeout;
+        tcp::forward(io, target, timeout, self.direction, tls, &self.metrics).await
+    }
+
+    async fn serve_http(
+        &self,
+        io: PrefixedIo<MeteredIo<TcpStream>>,
+        proto: Proto,
+        target: Option<SocketAddr>,
+        tls: Tls,
+    ) {
+        let svc = ConnService::new(self.http.clone(), proto, target, tls);
+        let io = TokioIo::new(io);
+        let result = match proto {
+            Proto::Http1 => {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(60))
+                    .serve_connection(io, svc)
+                    .with_upgrades();
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    res = conn.as_mut() => res,
+                    () = self.drain.signaled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
+            }
+            Proto::Http2 => {
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(Some(Duration::from_secs(10)))
+                    .keep_alive_timeout(Duration::from_secs(3))
+                    .adaptive_window(true)
+                    .serve_connection(io, svc);
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    res = conn.as_mut() => res,
+                    () = self.drain.signaled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
+            }
+        };
+        if let Err(error) = result {
+            tracing::debug!(direction = ?self.direction, %error, "HTTP connection closed with an error");
+        }
+    }
+}

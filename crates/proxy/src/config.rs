@@ -1,0 +1,325 @@
+//! weft-proxy's configuration, read from linkerd2-proxy's environment
+//! variables (same names, same meanings, same defaults), so that manifests
+//! written for Linkerd's proxy configure weft's unchanged.
+//!
+//! Every malformed value is a start-up error that names the variable and the
+//! value; nothing falls back to a default silently.
+
+use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+
+pub const ENV_INBOUND_LISTEN_ADDR: &str = "LINKERD2_PROXY_INBOUND_LISTEN_ADDR";
+pub const ENV_OUTBOUND_LISTEN_ADDR: &str = "LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR";
+pub const ENV_ADMIN_LISTEN_ADDR: &str = "LINKERD2_PROXY_ADMIN_LISTEN_ADDR";
+pub const ENV_CONTROL_LISTEN_ADDR: &str = "LINKERD2_PROXY_CONTROL_LISTEN_ADDR";
+pub const ENV_INBOUND_DETECT_TIMEOUT: &str = "LINKERD2_PROXY_INBOUND_DETECT_TIMEOUT";
+pub const ENV_OUTBOUND_DETECT_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT";
+pub const ENV_INBOUND_CONNECT_TIMEOUT: &str = "LINKERD2_PROXY_INBOUND_CONNECT_TIMEOUT";
+pub const ENV_OUTBOUND_CONNECT_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_CONNECT_TIMEOUT";
+pub const ENV_INBOUND_OPAQUE_PORTS: &str = "LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION";
+pub const ENV_OUTBOUND_OPAQUE_PORTS: &str = "LINKERD2_PROXY_OUTBOUND_PORTS_DISABLE_PROTOCOL_DETECTION";
+pub const ENV_SHUTDOWN_GRACE_PERIOD: &str = "LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD";
+pub const ENV_SHUTDOWN_ENDPOINT_ENABLED: &str = "LINKERD2_PROXY_SHUTDOWN_ENDPOINT_ENABLED";
+pub const ENV_INGRESS_MODE: &str = "LINKERD2_PROXY_INGRESS_MODE";
+pub const ENV_CORES: &str = "LINKERD2_PROXY_CORES";
+pub const ENV_LOG: &str = "LINKERD2_PROXY_LOG";
+pub const ENV_LOG_FORMAT: &str = "LINKERD2_PROXY_LOG_FORMAT";
+/// weft's own: where inbound connections go when they were not redirected by
+/// iptables (local mode on 127.0.0.0/8, where there is no `SO_ORIGINAL_DST`).
+pub const ENV_INBOUND_FORWARD: &str = "WEFT_PROXY_INBOUND_FORWARD";
+
+/// Linkerd's default list of ports on which the client or server speaks first
+/// (SMTP, MySQL, Galera, PostgreSQL, Redis, Elasticsearch, memcached).
+pub const DEFAULT_OPAQUE_PORTS: &[u16] = &[25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub inbound: ListenerConfig,
+    pub outbound: ListenerConfig,
+    pub admin_addr: SocketAddr,
+    pub control_addr: SocketAddr,
+    pub shutdown_grace_period: Duration,
+    pub shutdown_endpoint_enabled: bool,
+    pub ingress_mode: bool,
+    pub cores: usize,
+    pub log: String,
+    pub log_format: LogFormat,
+    pub inbound_forward: Option<SocketAddr>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ListenerConfig {
+    pub addr: SocketAddr,
+    pub detect_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub opaque_ports: PortSet,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// A set of ports, as Linkerd spells them: `25,587,4000-4100`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortSet(BTreeSet<(u16, u16)>);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{name}={value:?} is not valid: {reason}")]
+pub struct EnvError {
+    pub name: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, EnvError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads configuration through `get`, so tests need not touch the
+    /// process environment.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
+        let env = Env(&get);
+        let default_opaque = PortSet::from_ports(DEFAULT_OPAQUE_PORTS);
+        let config = Config {
+            inbound: ListenerConfig {
+                addr: env.parse(ENV_INBOUND_LISTEN_ADDR, parse_addr)?.unwrap_or(([0, 0, 0, 0], 4143).into()),
+                detect_timeout: env
+                    .parse(ENV_INBOUND_DETECT_TIMEOUT, parse_duration)?
+                    .unwrap_or(Duration::from_secs(10)),
+                connect_timeout: env
+                    .parse(ENV_INBOUND_CONNECT_TIMEOUT, parse_duration)?
+                    .unwrap_or(Duration::from_millis(100)),
+                opaque_ports: env
+                    .parse(ENV_INBOUND_OPAQUE_PORTS, PortSet::parse)?
+                    .unwrap_or_else(|| default_opaque.clone()),
+            },
+            outbound: ListenerConfig {
+                addr: env
+                    .parse(ENV_OUTBOUND_LISTEN_ADDR, parse_addr)?
+                    .unwrap_or(([127, 0, 0, 1], 4140).into()),
+                detect_timeout: env
+                    .parse(ENV_OUTBOUND_DETECT_TIMEOUT, parse_duration)?
+                    .unwrap_or(Duration::from_secs(10)),
+                connect_timeout: env
+                    .parse(ENV_OUTBOUND_CONNECT_TIMEOUT, parse_duration)?
+                    .unwrap_or(Duration::from_secs(1)),
+                opaque_ports: env.parse(ENV_OUTBOUND_OPAQUE_PORTS, PortSet::parse)?.unwrap_or(default_opaque),
+            },
+            admin_addr: env.parse(ENV_ADMIN_LISTEN_ADDR, parse_addr)?.unwrap_or(([0, 0, 0, 0], 4191).into()),
+            control_addr: env
+                .parse(ENV_CONTROL_LISTEN_ADDR, parse_addr)?
+                .unwrap_or(([0, 0, 0, 0], 4190).into()),
+            shutdown_grace_period: env
+                .parse(ENV_SHUTDOWN_GRACE_PERIOD, parse_duration)?
+                .unwrap_or(Duration::from_secs(120)),
+            shutdown_endpoint_enabled: env.parse(ENV_SHUTDOWN_ENDPOINT_ENABLED, parse_bool)?.unwrap_or(false),
+            ingress_mode: env.parse(ENV_INGRESS_MODE, parse_bool)?.unwrap_or(false),
+            cores: env.parse(ENV_CORES, parse_cores)?.unwrap_or(1),
+            log: env.parse(ENV_LOG, |s| Ok(s.to_string()))?.unwrap_or_else(|| "warn,weft=info".into()),
+            log_format: env.parse(ENV_LOG_FORMAT, parse_log_format)?.unwrap_or(LogFormat::Plain),
+            inbound_forward: env.parse(ENV_INBOUND_FORWARD, parse_addr)?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what spans several variables.
+    fn validate(&self) -> Result<(), EnvError> {
+        let listeners = [
+            (ENV_INBOUND_LISTEN_ADDR, self.inbound.addr),
+            (ENV_OUTBOUND_LISTEN_ADDR, self.outbound.addr),
+            (ENV_ADMIN_LISTEN_ADDR, self.admin_addr),
+        ];
+        for (i, (name, addr)) in listeners.iter().enumerate() {
+            for (other, other_addr) in &listeners[..i] {
+                if addr.port() != 0 && addr == other_addr {
+                    return Err(EnvError {
+                        name,
+                        value: addr.to_string(),
+                        reason: format!("it is the same address as {other}"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Env<'a, F>(&'a F);
+
+impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
+    fn parse<T>(
+        &self,
+        name: &'static str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, EnvError> {
+        let Some(value) = (self.0)(name) else {
+            return Ok(None);
+        };
+        parse(value.trim()).map(Some).map_err(|reason| EnvError { name, value, reason })
+    }
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| "expected an IP address and port, such as 0.0.0.0:4143 or [::]:4143".to_string())
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+fn parse_cores(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("expected a whole number of cores, at least 1".into()),
+    }
+}
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "plain" => Ok(LogFormat::Plain),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("expected plain or json".into()),
+    }
+}
+
+/// Durations as linkerd2-proxy writes them: a whole number and a unit
+/// (`100ms`, `10s`, `2m`, `1h`, `1d`). A bare `0` means zero.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    const HINT: &str = "expected a whole number with a unit (ms, s, m, h or d), such as 10s";
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| HINT.to_string())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| HINT.to_string())?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        _ => return Err(HINT.into()),
+    };
+    ms.map(Duration::from_millis).ok_or_else(|| "the duration is too long".into())
+}
+
+// === impl PortSet ===
+
+impl PortSet {
+    pub fn from_ports(ports: &[u16]) -> Self {
+        Self(ports.iter().map(|&p| (p, p)).collect())
+    }
+
+    /// Parses a comma-separated list of ports and inclusive ranges.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut set = BTreeSet::new();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let bad = || format!("{item:?} is not a port (1-65535) or a range of ports such as 4000-4100");
+            let port = |p: &str| p.trim().parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad);
+            let range = match item.split_once('-') {
+                Some((lo, hi)) => (port(lo)?, port(hi)?),
+                None => (port(item)?, port(item)?),
+            };
+            if range.0 > range.1 {
+                return Err(format!("{item:?} is a range whose start is above its end"));
+            }
+            set.insert(range);
+        }
+        Ok(Self(set))
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.iter().any(|&(lo, hi)| lo <= port && port <= hi)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, EnvError> {
+        let vars: HashMap<String, String> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_linkerds() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.inbound.addr, "0.0.0.0:4143".parse().unwrap());
+        assert_eq!(c.outbound.addr, "127.0.0.1:4140".parse().unwrap());
+        assert_eq!(c.admin_addr, "0.0.0.0:4191".parse().unwrap());
+        assert_eq!(c.inbound.connect_timeout, Duration::from_millis(100));
+        assert_eq!(c.outbound.connect_timeout, Duration::from_secs(1));
+        assert_eq!(c.shutdown_grace_period, Duration::from_secs(120));
+        for port in DEFAULT_OPAQUE_PORTS {
+            assert!(c.inbound.opaque_ports.contains(*port));
+            assert!(c.outbound.opaque_ports.contains(*port));
+        }
+        assert!(!c.inbound.opaque_ports.contains(80));
+        assert!(!c.ingress_mode);
+    }
+
+    #[test]
+    fn errors_name_the_variable_and_value() {
+        let err = config(&[(ENV_INBOUND_LISTEN_ADDR, "localhost:4143")]).unwrap_err();
+        assert_eq!(err.name, ENV_INBOUND_LISTEN_ADDR);
+        assert_eq!(err.value, "localhost:4143");
+        let msg = err.to_string();
+        assert!(msg.contains("LINKERD2_PROXY_INBOUND_LISTEN_ADDR=\"localhost:4143\""), "{msg}");
+
+        let err = config(&[(ENV_OUTBOUND_CONNECT_TIMEOUT, "10")]).unwrap_err();
+        assert_eq!((err.name, err.value.as_str()), (ENV_OUTBOUND_CONNECT_TIMEOUT, "10"));
+
+        let err = config(&[(ENV_INBOUND_OPAQUE_PORTS, "25,abc")]).unwrap_err();
+        assert!(err.reason.contains("\"abc\""), "{err}");
+
+        let err = config(&[(ENV_INGRESS_MODE, "maybe")]).unwrap_err();
+        assert_eq!(err.name, ENV_INGRESS_MODE);
+
+        let err = config(&[(ENV_CORES, "0")]).unwrap_err();
+        assert_eq!(err.name, ENV_CORES);
+    }
+
+    #[test]
+    fn listeners_must_differ() {
+        let err = config(&[(ENV_ADMIN_LISTEN_ADDR, "0.0.0.0:4143")]).unwrap_err();
+        assert_eq!(err.name, ENV_ADMIN_LISTEN_ADDR);
+        assert!(err.reason.contains(ENV_INBOUND_LISTEN_ADDR));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("1.5s").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn port_sets() {
+        let set = PortSet::parse("25, 4000-4100,6379").unwrap();
+        assert!(set.contains(25) && set.contains(4000) && set.contains(4100) && set.contains(6379));
+        assert!(!set.contains(3999) && !set.contains(4101));
+        assert!(PortSet::parse("").unwrap() == PortSet::default());
+        assert!(PortSet::parse("0").is_err());
+        assert!(PortSet::parse("70000").is_err());
+        assert!(PortSet::parse("20-10").is_err());
+    }
+}

@@ -1,0 +1,175 @@
+//! Errors the proxy makes itself, and the answers they become: a 502 when
+//! the connect fails, a 504 when it times out, with `l5d-proxy-error`; for
+//! gRPC, a gRPC status instead.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
+use std::{net::SocketAddr, time::Duration};
+
+pub const L5D_PROXY_ERROR: &str = "l5d-proxy-error";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("connect to {addr} failed: {source}")]
+    Connect { addr: SocketAddr, source: std::io::Error },
+    #[error("connect to {addr} timed out after {timeout:?}")]
+    ConnectTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("the request names no authority to route it by (no Host or :authority)")]
+    NoAuthority,
+    #[error("failed to resolve {authority}: {reason}")]
+    Resolve { authority: String, reason: String },
+    #[error("{addr} is this proxy's own listener; refusing to loop")]
+    Loop { addr: SocketAddr },
+    #[error("the upstream connection failed: {0}")]
+    Upstream(String),
+}
+
+impl ProxyError {
+    /// Finds the proxy's own error in a client error's chain of causes, so
+    /// a failed connect is told apart from a failure mid-request.
+    pub fn from_client(err: hyper_util::client::legacy::Error) -> Self {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+        while let Some(e) = source {
+            if let Some(connect) = e.downcast_ref::<ConnectError>() {
+                return connect.clone().into();
+            }
+            source = e.source();
+        }
+        let mut msg = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(e) = source {
+            msg.push_str(": ");
+            msg.push_str(&e.to_string());
+            source = e.source();
+        }
+        ProxyError::Upstream(msg)
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::NoAuthority => StatusCode::BAD_REQUEST,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The `error` label on `response_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ProxyError::Connect { .. } => "connect",
+            ProxyError::ConnectTimeout { .. } => "connect_timeout",
+            ProxyError::NoAuthority => "no_authority",
+            ProxyError::Resolve { .. } => "resolve",
+            ProxyError::Loop { .. } => "loop",
+            ProxyError::Upstream(_) => "upstream",
+        }
+    }
+
+    fn grpc_code(&self) -> u32 {
+        match self {
+            ProxyError::ConnectTimeout { .. } => 4, // DEADLINE_EXCEEDED
+            ProxyError::NoAuthority => 3,           // INVALID_ARGUMENT
+            _ => 14,                                // UNAVAILABLE
+        }
+    }
+
+    /// The answer the client gets in place of the one the proxy could not
+    /// fetch.
+    pub fn to_response(&self, grpc: bool) -> Response<Full<Bytes>> {
+        let message = self.to_string();
+        let header_value =
+            HeaderValue::from_str(&printable(&message)).unwrap_or(HeaderValue::from_static("proxy error"));
+        if grpc {
+            // A trailers-only gRPC response: the status rides in the headers.
+            return Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/grpc")
+                .header("grpc-status", self.grpc_code())
+                .header("grpc-message", percent_encode(&message))
+                .header(L5D_PROXY_ERROR, header_value)
+                .body(Full::default())
+                .expect("a valid response");
+        }
+        Response::builder()
+            .status(self.status())
+            .header(header::CONTENT_TYPE, "text/plain")
+            .header(L5D_PROXY_ERROR, header_value)
+            .body(Full::new(Bytes::from(message + "\n")))
+            .expect("a valid response")
+    }
+}
+
+/// What the connector fails with; cloned out of the client's error chain.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {addr} failed: {reason}")]
+    Refused { addr: SocketAddr, kind: std::io::ErrorKind, reason: String },
+    #[error("connect to {addr} timed out after {timeout:?}")]
+    Timeout { addr: SocketAddr, timeout: Duration },
+}
+
+impl From<ConnectError> for ProxyError {
+    fn from(e: ConnectError) -> Self {
+        match e {
+            ConnectError::Refused { addr, kind, reason } => {
+                ProxyError::Connect { addr, source: std::io::Error::new(kind, reason) }
+            }
+            ConnectError::Timeout { addr, timeout } => ProxyError::ConnectTimeout { addr, timeout },
+        }
+    }
+}
+
+fn printable(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect()
+}
+
+/// gRPC's percent-encoding of `grpc-message`.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_failures_are_502_and_timeouts_504() {
+        let addr = "10.0.0.1:80".parse().unwrap();
+        let refused =
+            ProxyError::Connect { addr, source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused) };
+        let rsp = refused.to_response(false);
+        assert_eq!(rsp.status(), StatusCode::BAD_GATEWAY);
+        let header = rsp.headers()[L5D_PROXY_ERROR].to_str().unwrap();
+        assert!(header.starts_with("connect to 10.0.0.1:80 failed"), "{header}");
+
+        let timeout = ProxyError::ConnectTimeout { addr, timeout: Duration::from_secs(1) };
+        assert_eq!(timeout.to_response(false).status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+
+    #[test]
+    fn grpc_clients_get_a_grpc_status() {
+        let addr = "10.0.0.1:80".parse().unwrap();
+        let err =
+            ProxyError::Connect { addr, source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused) };
+        let rsp = err.to_response(true);
+        assert_eq!(rsp.status(), StatusCode::OK);
+        assert_eq!(rsp.headers()["grpc-status"], "14");
+        assert_eq!(rsp.headers()["content-type"], "application/grpc");
+        let timeout = ProxyError::ConnectTimeout { addr, timeout: Duration::from_secs(1) };
+        assert_eq!(timeout.to_response(true).headers()["grpc-status"], "4");
+    }
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        assert_eq!(percent_encode("50% é"), "50%25 %C3%A9");
+    }
+}

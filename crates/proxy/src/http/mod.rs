@@ -1,0 +1,277 @@
+//! HTTP proxying: each request on an accepted HTTP/1 or HTTP/2 connection
+//! is forwarded to its target with the application's authority, counted,
+//! and answered, by the upstream or, when that fails, by the proxy itself.
+
+mod body;
+pub mod client;
+pub mod error;
+pub mod headers;
+
+use self::{
+    body::{ObservedBody, Recorder},
+    client::{Clients, HttpClient, Proto},
+    error::ProxyError,
+};
+use crate::metrics::{Direction, HttpLabels, Metrics, RouteMetrics, Tls};
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header::HOST, uri::Authority};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+pub type ResponseBody = Either<ObservedBody, Full<Bytes>>;
+
+const L5D_DST_OVERRIDE: &str = "l5d-dst-override";
+
+/// What all HTTP connections of one direction share.
+pub struct HttpProxy {
+    pub direction: Direction,
+    pub clients: Clients,
+    pub metrics: Arc<Metrics>,
+    /// Route by `l5d-dst-override` or the authority, never by the original
+    /// destination (LINKERD2_PROXY_INGRESS_MODE).
+    pub ingress_mode: bool,
+    /// This direction's own listener: a request routed to it would loop.
+    pub own_addr: SocketAddr,
+    pub drain: crate::drain::Drain,
+}
+
+/// The service for one accepted connection.
+#[derive(Clone)]
+pub struct ConnService {
+    inner: Arc<Conn>,
+}
+
+struct Conn {
+    proxy: Arc<HttpProxy>,
+    proto: Proto,
+    /// Where the connection was going, when known (`SO_ORIGINAL_DST`).
+    target: Option<SocketAddr>,
+    /// The upstream client for `target`, looked up once per connection.
+    client: Option<HttpClient>,
+    tls: Tls,
+    /// The last route used: most connections speak to one authority.
+    route: Mutex<Option<RouteMetrics>>,
+}
+
+// === impl ConnService ===
+
+impl ConnService {
+    pub fn new(proxy: Arc<HttpProxy>, proto: Proto, target: Option<SocketAddr>, tls: Tls) -> Self {
+        let target = target.filter(|_| !proxy.ingress_mode);
+        let client = target.map(|t| proxy.clients.get(t, proto));
+        Self { inner: Arc::new(Conn { proxy, proto, target, client, tls, route: Mutex::new(None) }) }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let conn = self.inner.clone();
+        Box::pin(async move { Ok(conn.proxy(req).await) })
+    }
+}
+
+// === impl Conn ===
+
+impl Conn {
+    async fn proxy(&self, mut req: Request<Incoming>) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let grpc = is_grpc(&req);
+
+        let authority = match request_authority(&req, self.proxy.ingress_mode) {
+            Some(a) => a,
+            None => match self.target {
+                Some(t) => Authority::try_from(t.to_string()).expect("a socket address is an authority"),
+                None => return self.fail(None, ProxyError::NoAuthority, grpc),
+            },
+        };
+        let (target, client) = match (self.target, &self.client) {
+            (Some(t), Some(c)) => (t, c.clone()),
+            _ => match resolve(&authority).await {
+                Ok(t) => (t, self.proxy.clients.get(t, self.proto)),
+                Err(e) => return self.fail(None, e, grpc),
+            },
+        };
+        let route = self.route(&authority, target);
+        route.request();
+        if is_same_listener(self.proxy.own_addr, target) {
+            return self.fail(Some(&route), ProxyError::Loop { addr: target }, grpc);
+        }
+
+        // Prepare the request for the next hop.
+        let upgrading = self.proto == Proto::Http1
+            && (req.method() == Method::CONNECT || headers::wants_upgrade(req.headers()));
+        let keep_upgrade = upgrading && req.method() != Method::CONNECT;
+        headers::strip_hop_by_hop(req.headers_mut(), keep_upgrade);
+        if self.proto == Proto::Http1 && !req.headers().contains_key(HOST) {
+            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                req.headers_mut().insert(HOST, host);
+            }
+        }
+        *req.uri_mut() = absolute_uri(req.uri(), &authority);
+        let downstream_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
+
+        let mut rsp = match client.request(req).await {
+            Ok(rsp) => rsp,
+            Err(e) => return self.fail(Some(&route), ProxyError::from_client(e), grpc),
+        };
+        let status = rsp.status();
+        route.response_headers(status.as_u16(), started);
+
+        let switched = status == StatusCode::SWITCHING_PROTOCOLS || (upgrading && status.is_success());
+        if let (Some(downstream), true) = (downstream_upgrade, switched) {
+            let upstream = hyper::upgrade::on(&mut rsp);
+            self.proxy.drain.spawn(tunnel(downstream, upstream));
+        }
+        headers::strip_hop_by_hop(rsp.headers_mut(), switched && status == StatusCode::SWITCHING_PROTOCOLS);
+
+        let recorder = Recorder::new(route, status.as_u16(), grpc, rsp.headers());
+        rsp.map(|body| Either::Left(ObservedBody::new(body, recorder)))
+    }
+
+    fn route(&self, authority: &Authority, target: SocketAddr) -> RouteMetrics {
+        let mut last = self.route.lock().expect("route lock");
+        if let Some(route) = last.as_ref() {
+            let labels = route.labels();
+            if labels.target_addr == target && *labels.authority == *authority.as_str() {
+                return route.clone();
+            }
+        }
+        let route = self.proxy.metrics.route(HttpLabels {
+            direction: self.proxy.direction,
+            authority: authority.as_str().into(),
+            target_addr: target,
+            tls: self.tls,
+        });
+        *last = Some(route.clone());
+        route
+    }
+
+    fn fail(&self, route: Option<&RouteMetrics>, error: ProxyError, grpc: bool) -> Response<ResponseBody> {
+        tracing::info!(direction = ?self.proxy.direction, %error, "proxy error");
+        let rsp = error.to_response(grpc);
+        if let Some(route) = route {
+            let status = rsp.status().as_u16();
+            let grpc_status = grpc.then(|| {
+                rsp.headers()["grpc-status"].to_str().ok().and_then(|s| s.parse().ok()).unwrap_or(2)
+            });
+            route.response_end(status, grpc_status, Some(error.label()));
+        }
+        rsp.map(Either::Right)
+    }
+}
+
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The authority the application addressed: `l5d-dst-override` in ingress
+/// mode, else the URI's authority (HTTP/2, absolute-form, CONNECT), else
+/// `Host`.
+fn request_authority<B>(req: &Request<B>, ingress_mode: bool) -> Option<Authority> {
+    if ingress_mode {
+        if let Some(a) =
+            req.headers().get(L5D_DST_OVERRIDE).and_then(|v| Authority::try_from(v.as_bytes()).ok())
+        {
+            return Some(a);
+        }
+    }
+    if let Some(a) = req.uri().authority() {
+        return Some(a.clone());
+    }
+    req.headers().get(HOST).and_then(|v| Authority::try_from(v.as_bytes()).ok())
+}
+
+fn absolute_uri(uri: &Uri, authority: &Authority) -> Uri {
+    let mut parts = uri.clone().into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority.clone());
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+}
+
+/// Finds where an authority points when no original destination says so.
+/// Until discovery exists this is the name service (or a literal address).
+async fn resolve(authority: &Authority) -> Result<SocketAddr, ProxyError> {
+    let port = authority.port_u16().unwrap_or(80);
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let err = |reason: String| ProxyError::Resolve { authority: authority.to_string(), reason };
+    let mut addrs = tokio::net::lookup_host((host, port)).await.map_err(|e| err(e.to_string()))?;
+    addrs.next().ok_or_else(|| err("no addresses".into()))
+}
+
+fn is_same_listener(own: SocketAddr, target: SocketAddr) -> bool {
+    own.port() == target.port()
+        && (own.ip() == target.ip() || (own.ip().is_unspecified() && target.ip().is_loopback()))
+}
+
+/// Joins the two halves of an upgraded connection (WebSocket, CONNECT).
+async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (down, up) = match tokio::try_join!(downstream, upstream) {
+        Ok(ios) => ios,
+        Err(error) => {
+            tracing::debug!(%error, "upgrade failed");
+            return;
+        }
+    };
+    let mut down = TokioIo::new(down);
+    let mut up = TokioIo::new(up);
+    if let Err(error) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        tracing::debug!(%error, "upgraded connection closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authority_prefers_override_in_ingress_mode() {
+        let req = Request::builder()
+            .uri("/path")
+            .header(HOST, "web.default:8080")
+            .header(L5D_DST_OVERRIDE, "web.default.svc.cluster.local:80")
+            .body(())
+            .unwrap();
+        assert_eq!(request_authority(&req, true).unwrap().as_str(), "web.default.svc.cluster.local:80");
+        assert_eq!(request_authority(&req, false).unwrap().as_str(), "web.default:8080");
+        let h2 = Request::builder().uri("http://api:9090/x").body(()).unwrap();
+        assert_eq!(request_authority(&h2, false).unwrap().as_str(), "api:9090");
+        let none = Request::builder().uri("/").body(()).unwrap();
+        assert!(request_authority(&none, false).is_none());
+    }
+
+    #[test]
+    fn uris_become_absolute() {
+        let a = Authority::from_static("web:80");
+        assert_eq!(absolute_uri(&Uri::from_static("/a?b=1"), &a), "http://web:80/a?b=1");
+        assert_eq!(absolute_uri(&Uri::from_static("http://other/x"), &a), "http://web:80/x");
+    }
+
+    #[test]
+    fn loops_are_recognised() {
+        let own: SocketAddr = "0.0.0.0:4143".parse().unwrap();
+        assert!(is_same_listener(own, "127.0.0.1:4143".parse().unwrap()));
+        assert!(!is_same_listener(own, "127.0.0.1:8080".parse().unwrap()));
+        assert!(!is_same_listener(own, "10.0.0.2:4143".parse().unwrap()));
+    }
+}

@@ -1,0 +1,435 @@
+//! Every metric weft-proxy exports, registered in one place, under
+//! linkerd2-proxy's names and labels (DESIGN.md, contract 3), so Linkerd's
+//! dashboards and queries read weft's proxies unchanged.
+//!
+//! Handles are resolved once per connection (transport) or per route and
+//! response class (HTTP); recording is then an atomic add.
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use std::{fmt::Write, net::SocketAddr, sync::Arc, time::Instant};
+
+/// linkerd2-proxy's `response_latency_ms` buckets.
+const LATENCY_MS_BUCKETS: [f64; 25] = [
+    1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0, 1_000.0,
+    2_000.0, 3_000.0, 4_000.0, 5_000.0, 10_000.0, 20_000.0, 30_000.0, 40_000.0, 50_000.0,
+];
+
+/// linkerd2-proxy's `tcp_connection_duration_ms` buckets.
+const DURATION_MS_BUCKETS: [f64; 16] = [
+    1.0,
+    10.0,
+    100.0,
+    1_000.0,
+    10_000.0,
+    100_000.0,
+    1_000_000.0,
+    10_000_000.0,
+    100_000_000.0,
+    1e9,
+    1e10,
+    1e11,
+    1e12,
+    1e13,
+    1e14,
+    1e15,
+];
+
+#[derive(Copy, Clone, Debug, Hash, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+#[derive(Copy, Clone, Debug, Hash, PartialEq, Eq)]
+pub enum Peer {
+    /// The connection the proxy accepted.
+    Src,
+    /// The connection the proxy opened.
+    Dst,
+}
+
+/// The `tls` label and, when there is no TLS, why not.
+#[derive(Copy, Clone, Debug, Hash, PartialEq, Eq)]
+pub enum Tls {
+    /// Plaintext; the reason is Linkerd's `no_tls_reason` value.
+    None(&'static str),
+    /// A TLS stream the proxy did not terminate and passed on as it was.
+    Passthru,
+}
+
+impl Tls {
+    pub const INBOUND_PLAIN: Tls = Tls::None("no_tls_from_remote");
+    pub const OUTBOUND_PLAIN: Tls = Tls::None("not_provided_by_service_discovery");
+}
+
+/// Labels shared by every HTTP series of one authority and target.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct HttpLabels {
+    pub direction: Direction,
+    pub authority: Arc<str>,
+    pub target_addr: SocketAddr,
+    pub tls: Tls,
+}
+
+#[derive(Copy, Clone, Debug, Hash, PartialEq, Eq)]
+pub enum Class {
+    Success,
+    Failure,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct ResponseLabels {
+    pub route: HttpLabels,
+    /// 0 when no response head was received.
+    pub status_code: u16,
+    pub grpc_status: Option<u32>,
+    pub class: Class,
+    pub error: Option<&'static str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct LatencyLabels {
+    route: HttpLabels,
+    status_code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct TcpLabels {
+    pub direction: Direction,
+    pub peer: Peer,
+    pub target_addr: SocketAddr,
+    pub tls: Tls,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct CloseLabels {
+    tcp: TcpLabels,
+}
+
+/// All of weft-proxy's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<HttpLabels, Counter>,
+    responses: Family<ResponseLabels, Counter>,
+    latency: Family<LatencyLabels, Histogram>,
+    tcp_open: Family<TcpLabels, Counter>,
+    tcp_close: Family<CloseLabels, Counter>,
+    tcp_open_connections: Family<TcpLabels, Gauge>,
+    tcp_read_bytes: Family<TcpLabels, Counter>,
+    tcp_write_bytes: Family<TcpLabels, Counter>,
+    tcp_duration: Family<CloseLabels, Histogram>,
+}
+
+/// The handles one connection records into.
+pub struct TcpMetrics {
+    pub read_bytes: Counter,
+    pub write_bytes: Counter,
+    open_connections: Gauge,
+    close: Counter,
+    duration: Histogram,
+    opened_at: Instant,
+}
+
+/// The handles one route (direction, authority, target) records into.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    metrics: Arc<Metrics>,
+    labels: HttpLabels,
+    requests: Counter,
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::default();
+        let requests = Family::default();
+        let responses = Family::default();
+        let latency =
+            Family::new_with_constructor((|| Histogram::new(LATENCY_MS_BUCKETS)) as fn() -> Histogram);
+        let tcp_open = Family::default();
+        let tcp_close = Family::default();
+        let tcp_open_connections = Family::default();
+        let tcp_read_bytes = Family::default();
+        let tcp_write_bytes = Family::default();
+        let tcp_duration =
+            Family::new_with_constructor((|| Histogram::new(DURATION_MS_BUCKETS)) as fn() -> Histogram);
+        registry.register("request", "Total count of HTTP requests", requests.clone());
+        registry.register("response", "Total count of HTTP responses", responses.clone());
+        registry.register(
+            "response_latency_ms",
+            "Elapsed times between a request's headers being received and its response's headers being sent",
+            latency.clone(),
+        );
+        registry.register("tcp_open", "Total count of opened connections", tcp_open.clone());
+        registry.register("tcp_close", "Total count of closed connections", tcp_close.clone());
+        registry.register(
+            "tcp_open_connections",
+            "Number of currently-open connections",
+            tcp_open_connections.clone(),
+        );
+        registry.register("tcp_read_bytes", "Total count of bytes read from peers", tcp_read_bytes.clone());
+        registry.register(
+            "tcp_write_bytes",
+            "Total count of bytes written to peers",
+            tcp_write_bytes.clone(),
+        );
+        registry.register("tcp_connection_duration_ms", "Connection lifetimes", tcp_duration.clone());
+        Arc::new(Self {
+            registry,
+            requests,
+            responses,
+            latency,
+            tcp_open,
+            tcp_close,
+            tcp_open_connections,
+            tcp_read_bytes,
+            tcp_write_bytes,
+            tcp_duration,
+        })
+    }
+
+    /// The Prometheus (OpenMetrics) text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Counts a connection as opened and returns the handles it records into.
+    pub fn tcp(&self, labels: TcpLabels) -> TcpMetrics {
+        self.tcp_open.get_or_create(&labels).inc();
+        let open_connections = self.tcp_open_connections.get_or_create_owned(&labels);
+        open_connections.inc();
+        let close_labels = CloseLabels { tcp: labels.clone() };
+        TcpMetrics {
+            read_bytes: self.tcp_read_bytes.get_or_create_owned(&labels),
+            write_bytes: self.tcp_write_bytes.get_or_create_owned(&labels),
+            open_connections,
+            close: self.tcp_close.get_or_create_owned(&close_labels),
+            duration: self.tcp_duration.get_or_create_owned(&close_labels),
+            opened_at: Instant::now(),
+        }
+    }
+
+    pub fn route(self: &Arc<Self>, labels: HttpLabels) -> RouteMetrics {
+        RouteMetrics { requests: self.requests.get_or_create_owned(&labels), metrics: self.clone(), labels }
+    }
+}
+
+// === impl TcpMetrics ===
+
+impl TcpMetrics {
+    pub(crate) fn closed(&self) {
+        self.open_connections.dec();
+        self.close.inc();
+        self.duration.observe(self.opened_at.elapsed().as_secs_f64() * 1_000.0);
+    }
+}
+
+// === impl RouteMetrics ===
+
+impl RouteMetrics {
+    pub fn labels(&self) -> &HttpLabels {
+        &self.labels
+    }
+
+    pub fn request(&self) {
+        self.requests.inc();
+    }
+
+    pub fn response_headers(&self, status_code: u16, started: Instant) {
+        let labels = LatencyLabels { route: self.labels.clone(), status_code };
+        let ms = started.elapsed().as_secs_f64() * 1_000.0;
+        self.metrics.latency.get_or_create(&labels).observe(ms);
+    }
+
+    pub fn response_end(&self, status_code: u16, grpc_status: Option<u32>, error: Option<&'static str>) {
+        let success =
+            error.is_none() && status_code != 0 && status_code < 500 && grpc_status.is_none_or(|s| s == 0);
+        let labels = ResponseLabels {
+            route: self.labels.clone(),
+            status_code,
+            grpc_status,
+            class: if success { Class::Success } else { Class::Failure },
+            error,
+        };
+        self.metrics.responses.get_or_create(&labels).inc();
+    }
+}
+
+// === label encoding ===
+
+/// A label value written with `Display`.
+struct Shown<T>(T);
+
+impl<T: std::fmt::Display> EncodeLabelValue for Shown<T> {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        write!(encoder, "{}", self.0)
+    }
+}
+
+impl Direction {
+    fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+fn encode_tls(tls: Tls, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+    use prometheus_client::encoding::EncodeLabel;
+    match tls {
+        Tls::None(reason) => {
+            ("tls", "no_identity").encode(encoder.encode_label())?;
+            ("no_tls_reason", reason).encode(encoder.encode_label())
+        }
+        Tls::Passthru => ("tls", "passthru").encode(encoder.encode_label()),
+    }
+}
+
+impl EncodeLabelSet for HttpLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("direction", self.direction.as_str()).encode(encoder.encode_label())?;
+        ("authority", &*self.authority).encode(encoder.encode_label())?;
+        ("target_addr", Shown(self.target_addr)).encode(encoder.encode_label())?;
+        encode_tls(self.tls, encoder)
+    }
+}
+
+impl EncodeLabelSet for ResponseLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        self.route.encode(encoder)?;
+        if self.status_code != 0 {
+            ("status_code", self.status_code).encode(encoder.encode_label())?;
+        }
+        if let Some(grpc) = self.grpc_status {
+            ("grpc_status", grpc).encode(encoder.encode_label())?;
+        }
+        let class = match self.class {
+            Class::Success => "success",
+            Class::Failure => "failure",
+        };
+        ("classification", class).encode(encoder.encode_label())?;
+        if let Some(error) = self.error {
+            ("error", error).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
+}
+
+impl EncodeLabelSet for LatencyLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        self.route.encode(encoder)?;
+        if self.status_code != 0 {
+            ("status_code", self.status_code).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
+}
+
+impl EncodeLabelSet for TcpLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("direction", self.direction.as_str()).encode(encoder.encode_label())?;
+        let peer = match self.peer {
+            Peer::Src => "src",
+            Peer::Dst => "dst",
+        };
+        ("peer", peer).encode(encoder.encode_label())?;
+        ("target_addr", Shown(self.target_addr)).encode(encoder.encode_label())?;
+        encode_tls(self.tls, encoder)
+    }
+}
+
+impl EncodeLabelSet for CloseLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        self.tcp.encode(encoder)?;
+        ("errno", "").encode(encoder.encode_label())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels() -> HttpLabels {
+        HttpLabels {
+            direction: Direction::Outbound,
+            authority: "web.default.svc.cluster.local:80".into(),
+            target_addr: "10.1.2.3:8080".parse().unwrap(),
+            tls: Tls::OUTBOUND_PLAIN,
+        }
+    }
+
+    #[test]
+    fn http_series_use_linkerds_names_and_labels() {
+        let metrics = Metrics::new();
+        let route = metrics.route(labels());
+        route.request();
+        route.request();
+        route.response_headers(200, Instant::now());
+        route.response_end(200, None, None);
+        route.response_end(503, None, None);
+        route.response_end(200, Some(14), None);
+        let text = metrics.encode();
+        let base = r#"direction="outbound",authority="web.default.svc.cluster.local:80",target_addr="10.1.2.3:8080",tls="no_identity",no_tls_reason="not_provided_by_service_discovery""#;
+        assert!(text.contains(&format!("request_total{{{base}}} 2")), "{text}");
+        assert!(
+            text.contains(&format!(
+                r#"response_total{{{base},status_code="200",classification="success"}} 1"#
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                r#"response_total{{{base},status_code="503",classification="failure"}} 1"#
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                r#"response_total{{{base},status_code="200",grpc_status="14",classification="failure"}} 1"#
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(r#"response_latency_ms_bucket{{le="1.0",{base},status_code="200"}} 1"#)),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn tcp_series_count_opens_closes_and_bytes() {
+        let metrics = Metrics::new();
+        let labels = TcpLabels {
+            direction: Direction::Inbound,
+            peer: Peer::Src,
+            target_addr: "10.1.2.3:5432".parse().unwrap(),
+            tls: Tls::INBOUND_PLAIN,
+        };
+        let conn = metrics.tcp(labels.clone());
+        conn.read_bytes.inc_by(10);
+        conn.write_bytes.inc_by(20);
+        let text = metrics.encode();
+        let base = r#"direction="inbound",peer="src",target_addr="10.1.2.3:5432",tls="no_identity",no_tls_reason="no_tls_from_remote""#;
+        assert!(text.contains(&format!("tcp_open_total{{{base}}} 1")), "{text}");
+        assert!(text.contains(&format!("tcp_open_connections{{{base}}} 1")), "{text}");
+        assert!(text.contains(&format!("tcp_read_bytes_total{{{base}}} 10")), "{text}");
+        assert!(text.contains(&format!("tcp_write_bytes_total{{{base}}} 20")), "{text}");
+        conn.closed();
+        let text = metrics.encode();
+        assert!(text.contains(&format!("tcp_open_connections{{{base}}} 0")), "{text}");
+        assert!(text.contains(&format!(r#"tcp_close_total{{{base},errno=""}} 1"#)), "{text}");
+    }
+}
