@@ -32,6 +32,9 @@ fn main() -> ExitCode {
     };
 
     runtime.block_on(async move {
+        // Signal handlers go in before the listeners open, so a SIGTERM that
+        // arrives as soon as the proxy says it is listening still drains.
+        let shutdown = shutdown_signal();
         let proxy = match Proxy::bind(config).await {
             Ok(proxy) => proxy,
             Err(error) => {
@@ -40,22 +43,25 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        proxy.run(shutdown_signal()).await;
+        proxy.run(shutdown).await;
         tracing::info!("weft-proxy stopped");
         ExitCode::SUCCESS
     })
 }
 
-async fn shutdown_signal() {
+/// Registers for SIGTERM and SIGINT at once; the future resolves on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        tracing::warn!("cannot listen for signals; the proxy will only stop through /shutdown");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let signals = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        let (Ok(mut term), Ok(mut int)) = signals else {
+            tracing::warn!("cannot listen for signals; the proxy will only stop through /shutdown");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
 

@@ -1,0 +1,113 @@
+//! weft-proxy on loopback, without root or iptables: configuration errors,
+//! ingress-mode routing, the admin server and shutdown.
+
+mod support;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use std::{process::Command, time::Duration};
+use support::*;
+use weft_test_support::{LocalProxy, apps, http_get};
+
+#[test]
+fn a_bad_variable_is_named_at_start_up() {
+    let out = Command::new(PROXY)
+        .env("LINKERD2_PROXY_INBOUND_CONNECT_TIMEOUT", "fast")
+        .output()
+        .expect("running weft-proxy");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(r#"LINKERD2_PROXY_INBOUND_CONNECT_TIMEOUT="fast""#), "{stderr}");
+}
+
+#[test]
+fn a_taken_port_is_named_at_start_up() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(PROXY)
+        .env("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:0")
+        .env("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", "127.0.0.1:0")
+        .env("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", &addr)
+        .output()
+        .expect("running weft-proxy");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("LINKERD2_PROXY_ADMIN_LISTEN_ADDR={addr}")), "{stderr}");
+}
+
+async fn request(proxy: std::net::SocketAddr, req: Request<Empty<Bytes>>) -> http::Response<Bytes> {
+    let sock = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(sock)).await.unwrap();
+    tokio::spawn(conn);
+    let (parts, body) = send.send_request(req).await.unwrap().into_parts();
+    http::Response::from_parts(parts, body.collect().await.unwrap().to_bytes())
+}
+
+#[tokio::test]
+async fn ingress_mode_routes_by_l5d_dst_override() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    let (stats, serve) = apps::http(listener);
+    tokio::spawn(serve);
+
+    let server = LocalProxy::start(PROXY.as_ref(), &[("WEFT_PROXY_INBOUND_FORWARD", &app.to_string())]);
+    let client = LocalProxy::start(PROXY.as_ref(), &[("LINKERD2_PROXY_INGRESS_MODE", "true")]);
+
+    let req = Request::get("/headers")
+        .header("host", "web.test")
+        .header("l5d-dst-override", server.inbound.to_string())
+        .header("connection", "x-private")
+        .header("x-private", "hop-by-hop")
+        .body(Empty::new())
+        .unwrap();
+    let rsp = request(client.outbound, req).await;
+    assert_eq!(rsp.status(), StatusCode::OK);
+    let seen = String::from_utf8_lossy(rsp.body());
+    assert!(seen.contains("host: web.test\n"), "the app saw:\n{seen}");
+    assert!(!seen.contains("x-private"), "a hop-by-hop header reached the app:\n{seen}");
+    assert_eq!(stats.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // Without an override, the authority is the route.
+    let req = Request::get("/").header("host", server.inbound.to_string()).body(Empty::new()).unwrap();
+    assert_eq!(request(client.outbound, req).await.body(), "hello");
+
+    let (_, text) = http_get(client.admin, "/metrics").await.unwrap();
+    let out = outbound_labels(&server.inbound.to_string(), server.inbound);
+    assert_eq!(metric(&text, &format!("request_total{{{out}}}")), Some(2.0), "{text}");
+}
+
+#[tokio::test]
+async fn admin_serves_ready_live_and_no_shutdown_by_default() {
+    let proxy = LocalProxy::start(PROXY.as_ref(), &[]);
+    assert_eq!(http_get(proxy.admin, "/ready").await.unwrap(), (200, "ready\n".into()));
+    assert_eq!(http_get(proxy.admin, "/live").await.unwrap(), (200, "live\n".into()));
+    assert_eq!(http_get(proxy.admin, "/nope").await.unwrap().0, 404);
+    let req = Request::post("/shutdown").header("host", "admin").body(Empty::new()).unwrap();
+    assert_eq!(request(proxy.admin, req).await.status(), StatusCode::NOT_FOUND);
+}
+
+#[test]
+fn the_shutdown_endpoint_stops_the_proxy_cleanly() {
+    let mut proxy =
+        LocalProxy::start(PROXY.as_ref(), &[("LINKERD2_PROXY_SHUTDOWN_ENDPOINT_ENABLED", "true")]);
+    let admin = proxy.admin;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rsp = rt.block_on(async move {
+        let req = Request::post("/shutdown").header("host", "admin").body(Empty::new()).unwrap();
+        request(admin, req).await
+    });
+    assert_eq!(rsp.status(), StatusCode::OK);
+    let status = proxy.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "weft-proxy exited with {status}");
+}
+
+#[test]
+fn sigterm_with_nothing_in_flight_exits_0_at_once() {
+    let mut proxy = LocalProxy::start(PROXY.as_ref(), &[]);
+    proxy.signal(libc::SIGTERM);
+    // The grace period is 2 minutes: an idle proxy must not wait for it.
+    let status = proxy.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "weft-proxy exited with {status}");
+}

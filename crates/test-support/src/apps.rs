@@ -1,0 +1,170 @@
+//! The applications that run in test pods: an HTTP server (HTTP/1 and
+//! HTTP/2), a gRPC service, a WebSocket echo, a TCP echo, and a server that
+//! speaks first.
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+    sync::Notify,
+};
+
+/// What the HTTP app saw.
+#[derive(Default)]
+pub struct HttpStats {
+    pub connections: AtomicUsize,
+    pub requests: AtomicUsize,
+    /// `/slow` requests wait for this before answering.
+    pub release: Notify,
+    /// Notified when a `/slow` request arrives.
+    pub slow_arrived: Notify,
+}
+
+/// Serves HTTP/1 and HTTP/2 (prior knowledge) on `listener`:
+/// - `/bytes/N`: N bytes of body
+/// - `/upload`: reads the whole body and answers with its length
+/// - `/headers`: answers with the request's headers, one per line
+/// - `/slow`: answers only once [`HttpStats::release`] is notified
+/// - anything else: `hello`
+pub fn http(listener: TcpListener) -> (Arc<HttpStats>, impl Future<Output = ()>) {
+    let stats = Arc::new(HttpStats::default());
+    let serve = {
+        let stats = stats.clone();
+        async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else { continue };
+                stats.connections.fetch_add(1, Ordering::SeqCst);
+                let stats = stats.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| handle(stats.clone(), req));
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(sock), svc)
+                        .await;
+                });
+            }
+        }
+    };
+    (stats, serve)
+}
+
+async fn handle(stats: Arc<HttpStats>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    stats.requests.fetch_add(1, Ordering::SeqCst);
+    let path = req.uri().path().to_string();
+    let body = if let Some(n) = path.strip_prefix("/bytes/") {
+        let n: usize = n.parse().unwrap_or(0);
+        Bytes::from(vec![b'x'; n])
+    } else if path == "/upload" {
+        let mut body = req.into_body();
+        let mut total = 0u64;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => total += frame.data_ref().map_or(0, |d| d.len() as u64),
+                Err(e) => {
+                    let rsp =
+                        Response::builder().status(StatusCode::BAD_REQUEST).body(Full::from(e.to_string()));
+                    return Ok(rsp.unwrap());
+                }
+            }
+        }
+        Bytes::from(total.to_string())
+    } else if path == "/headers" {
+        let mut text = String::new();
+        for (name, value) in req.headers() {
+            text.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("<binary>")));
+        }
+        Bytes::from(text)
+    } else if path == "/slow" {
+        let released = stats.release.notified();
+        stats.slow_arrived.notify_one();
+        released.await;
+        Bytes::from_static(b"slow")
+    } else {
+        Bytes::from_static(b"hello")
+    };
+    Ok(Response::new(Full::new(body)))
+}
+
+/// A gRPC service (grpc.health.v1.Health: unary `Check`, server-streaming
+/// `Watch`); the reporter changes what it answers.
+pub fn grpc(listener: TcpListener) -> (tonic_health::server::HealthReporter, impl Future<Output = ()>) {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    // Served by hyper directly: tonic's own server would bring its router
+    // (and axum) into every test build.
+    let serve = async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else { continue };
+            let svc = hyper_util::service::TowerToHyperService::new(service.clone());
+            tokio::spawn(async move {
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .http2_only()
+                    .serve_connection(TokioIo::new(sock), svc)
+                    .await;
+            });
+        }
+    };
+    (reporter, serve)
+}
+
+/// Echoes every WebSocket message back.
+pub async fn websocket_echo(listener: TcpListener) {
+    use futures_util::{SinkExt, StreamExt};
+    loop {
+        let Ok((sock, _)) = listener.accept().await else { continue };
+        tokio::spawn(async move {
+            let Ok(mut ws) = tokio_tungstenite::accept_async(sock).await else { return };
+            while let Some(Ok(msg)) = ws.next().await {
+                if msg.is_close() {
+                    break;
+                }
+                if ws.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// Echoes bytes until the client closes its side, then closes its own:
+/// a client that half-closes still gets every byte back.
+pub async fn tcp_echo(listener: TcpListener) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else { continue };
+        tokio::spawn(async move {
+            let (mut r, mut w) = sock.split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+            let _ = w.shutdown().await;
+        });
+    }
+}
+
+/// Speaks first (as SMTP and MySQL servers do), then echoes.
+pub async fn banner(listener: TcpListener, banner: &'static [u8]) {
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else { continue };
+        tokio::spawn(async move {
+            if sock.write_all(banner).await.is_err() {
+                return;
+            }
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = sock.read(&mut buf).await {
+                if n == 0 || sock.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}

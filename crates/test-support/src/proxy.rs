@@ -1,0 +1,284 @@
+//! weft-proxy as a separate process, the way a pod runs it: in a pod with
+//! proxy-init's rules ([`Pod::start_proxy`]), or on loopback without root
+//! ([`LocalProxy`]).
+
+use crate::{PROXY_GID, Pod};
+use std::{
+    future::Future,
+    io::{self, BufRead, BufReader},
+    net::SocketAddr,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weft_proxy_init::{Iptables, Rules};
+
+/// A weft-proxy process inside a pod. Killed on drop; its log is printed
+/// when the test failed.
+pub struct ProxyProcess {
+    child: Child,
+    log: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+/// A weft-proxy on 127.0.0.1 with ports the kernel chose.
+pub struct LocalProxy {
+    child: Child,
+    pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+// === impl Pod ===
+
+impl Pod {
+    /// Writes proxy-init's rules into the pod, starts weft-proxy with its
+    /// default listeners plus `env`, and waits until it is ready.
+    pub fn start_proxy(&self, bin: &Path, env: &[(&str, &str)]) -> ProxyProcess {
+        let rules = Rules { proxy_uid: None, proxy_gid: Some(PROXY_GID), ..Rules::default() };
+        rules
+            .apply(&Iptables { netns: Some(self.netns().to_string()) })
+            .unwrap_or_else(|e| panic!("proxy-init in pod {}: {e}", self.name()));
+
+        let log = std::env::temp_dir().join(format!("weft-test-{}-proxy.log", self.netns()));
+        let log_file = std::fs::File::create(&log).expect("creating the proxy's log file");
+        let mut cmd = self.command(bin);
+        cmd.env("LINKERD2_PROXY_LOG", "warn,weft=debug")
+            .env("LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD", "30s")
+            .envs(env.iter().copied())
+            .gid(PROXY_GID)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        let mut proxy = ProxyProcess { child, log, exited: None };
+
+        let admin: SocketAddr = env
+            .iter()
+            .find(|(k, _)| *k == "LINKERD2_PROXY_ADMIN_LISTEN_ADDR")
+            .map(|(_, v)| v.parse().expect("a valid admin address"))
+            .unwrap_or(([127, 0, 0, 1], 4191).into());
+        let admin = match admin.ip().is_unspecified() {
+            true => SocketAddr::from(([127, 0, 0, 1], admin.port())),
+            false => admin,
+        };
+        let started = Instant::now();
+        loop {
+            if let Some(status) = proxy.child.try_wait().expect("polling the proxy") {
+                panic!("weft-proxy in pod {} exited with {status}:\n{}", self.name(), proxy.log());
+            }
+            let ready = self.block_on(async move { http_get(admin, "/ready").await });
+            if matches!(ready, Ok((200, _))) {
+                return proxy;
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                panic!("weft-proxy in pod {} not ready after 20s:\n{}", self.name(), proxy.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The proxy's metrics, read from inside the pod.
+    pub fn metrics(&self) -> String {
+        let (status, body) = self
+            .block_on(http_get(([127, 0, 0, 1], 4191).into(), "/metrics"))
+            .expect("fetching /metrics from the pod's proxy");
+        assert_eq!(status, 200, "/metrics answered {status}: {body}");
+        body
+    }
+}
+
+// === impl ProxyProcess ===
+
+impl ProxyProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "signalling weft-proxy: {}", io::Error::last_os_error());
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("polling the proxy") {
+                self.exited = Some(status);
+                return status;
+            }
+            assert!(Instant::now() < deadline, "weft-proxy still running after {timeout:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Peak resident memory (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        proc_status_kib(self.child.id(), "VmHWM:")
+    }
+
+    /// CPU time (user + system) used so far.
+    pub fn cpu_time(&self) -> Duration {
+        proc_cpu_time(self.child.id())
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- weft-proxy log ({}):\n{}", self.log.display(), self.log());
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+// === impl LocalProxy ===
+
+impl LocalProxy {
+    /// Starts weft-proxy with every listener on 127.0.0.1 and a port of the
+    /// kernel's choosing (unless `env` says otherwise).
+    pub fn start(bin: &Path, env: &[(&str, &str)]) -> LocalProxy {
+        let mut cmd = Command::new(bin);
+        cmd.env("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", "127.0.0.1:0")
+            .env("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", "127.0.0.1:0")
+            .env("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", "127.0.0.1:0")
+            .env("LINKERD2_PROXY_LOG", "warn,weft=debug")
+            .env("LINKERD2_PROXY_LOG_FORMAT", "plain")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        let mut lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut listening = None;
+        for line in lines.by_ref() {
+            let line = line.expect("reading the proxy's log");
+            log.lock().unwrap().push(line.clone());
+            if line.contains("weft-proxy is listening") {
+                listening = Some(line);
+                break;
+            }
+        }
+        let Some(line) = listening else {
+            let _ = child.wait();
+            panic!("weft-proxy exited before listening:\n{}", log.lock().unwrap().join("\n"));
+        };
+        let field = |name: &str| -> SocketAddr {
+            let start = line.find(&format!("{name}=")).expect("listener address in the log") + name.len() + 1;
+            line[start..].split_whitespace().next().unwrap().parse().expect("a socket address")
+        };
+        let proxy = LocalProxy {
+            inbound: field("inbound"),
+            outbound: field("outbound"),
+            admin: field("admin"),
+            log: log.clone(),
+            child,
+        };
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                log.lock().unwrap().push(line);
+            }
+        });
+        proxy
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "signalling weft-proxy: {}", io::Error::last_os_error());
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("polling the proxy") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "weft-proxy still running after {timeout:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for LocalProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- weft-proxy log:\n{}", self.log());
+        }
+    }
+}
+
+/// A minimal HTTP/1.0 GET, for admin endpoints: status and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+    let mut sock = tokio::net::TcpStream::connect(addr).await?;
+    sock.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+    let mut buf = Vec::new();
+    sock.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("not an HTTP response: {head:?}")))?;
+    Ok((status, body.to_string()))
+}
+
+/// Polls `check` until it holds or `timeout` passes; panics with `what`.
+/// For conditions another process makes true, where there is nothing to
+/// subscribe to.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn proc_cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: utime and stime are the 14th and 15th fields overall.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
