@@ -179,6 +179,39 @@ mod tests {
         assert_eq!(classify(&line), Some(Protocol::Opaque));
     }
 
+    /// Random and mutated prefixes: no panic, and once a prefix decides,
+    /// more bytes never change the decision (detection stops reading there).
+    #[test]
+    fn decisions_are_final_for_any_input() {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let starts: [&[u8]; 5] = [
+            b"GET / HTTP/1.1\r\n",
+            H2_PREFACE,
+            &[0x16, 3, 1],
+            b"POST /x HTTP/1.0\r\n",
+            b"PRI * HTTP/2.0\r\n",
+        ];
+        for i in 0..20_000 {
+            let mut buf = if i % 2 == 0 { starts[next() as usize % starts.len()].to_vec() } else { vec![] };
+            let extra = next() as usize % 48;
+            buf.extend((0..extra).map(|_| next() as u8));
+            if !buf.is_empty() && i % 3 == 0 {
+                let at = next() as usize % buf.len();
+                buf[at] = next() as u8;
+            }
+            let whole = classify(&buf);
+            if let Some(cut) = (0..=buf.len()).find(|&cut| classify(&buf[..cut]).is_some()) {
+                assert_eq!(classify(&buf[..cut]), whole, "{:?} decided otherwise than {buf:?}", &buf[..cut]);
+            }
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn detect_times_out_on_a_quiet_client() {
         // The client stays connected but silent.

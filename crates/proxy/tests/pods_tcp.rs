@@ -91,3 +91,55 @@ fn server_speaks_first_on_a_detected_port_after_the_detect_timeout() {
     });
     assert_eq!(got, BANNER);
 }
+
+#[test]
+fn connect_tunnels_through_both_proxies() {
+    let Some(mesh) = Mesh::start("connect_tunnels_through_both_proxies") else { return };
+    let (_stats, serve) = apps::http(mesh.server.listen(8080));
+    mesh.server.spawn(serve);
+    let dst = mesh.server_addr(8080);
+    mesh.client.block_on(async move {
+        let mut sock = tokio::net::TcpStream::connect(dst).await.unwrap();
+        sock.write_all(b"CONNECT db.test:5432 HTTP/1.1\r\nHost: db.test:5432\r\n\r\n").await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            assert_eq!(sock.read(&mut byte).await.unwrap(), 1, "closed before the response head");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        sock.write_all(b"through the tunnel").await.unwrap();
+        let mut echo = [0u8; 18];
+        sock.read_exact(&mut echo).await.unwrap();
+        assert_eq!(&echo, b"through the tunnel");
+    });
+}
+
+#[test]
+fn tls_is_passed_through_untouched() {
+    let Some(mesh) = Mesh::start("tls_is_passed_through_untouched") else { return };
+    mesh.server.spawn(apps::tcp_echo(mesh.server.listen(8443)));
+    let dst = mesh.server_addr(8443);
+    // The start of a TLS 1.2/1.3 ClientHello record, then arbitrary bytes:
+    // the proxies must forward them as they are, not terminate them.
+    let mut hello = vec![0x16, 0x03, 0x01, 0x00, 0xf4, 0x01, 0x00, 0x00, 0xf0, 0x03, 0x03];
+    hello.extend((0..=255u8).cycle().take(4096));
+    let echoed = mesh.client.block_on({
+        let hello = hello.clone();
+        async move {
+            let mut sock = tokio::net::TcpStream::connect(dst).await.unwrap();
+            sock.write_all(&hello).await.unwrap();
+            sock.shutdown().await.unwrap();
+            let mut echoed = Vec::new();
+            sock.read_to_end(&mut echoed).await.unwrap();
+            echoed
+        }
+    });
+    assert!(echoed == hello, "the TLS bytes changed on the way");
+    await_metric(
+        &mesh.client,
+        &format!(r#"tcp_open_total{{direction="outbound",peer="dst",target_addr="{dst}",tls="passthru"}}"#),
+        1.0,
+    );
+}

@@ -39,6 +39,7 @@ pub struct HttpStats {
 /// - `/upload`: reads the whole body and answers with its length
 /// - `/headers`: answers with the request's headers, one per line
 /// - `/slow`: answers only once [`HttpStats::release`] is notified
+/// - `CONNECT`: a tunnel that echoes
 /// - anything else: `hello`
 pub fn http(listener: TcpListener) -> (Arc<HttpStats>, impl Future<Output = ()>) {
     let stats = Arc::new(HttpStats::default());
@@ -63,6 +64,17 @@ pub fn http(listener: TcpListener) -> (Arc<HttpStats>, impl Future<Output = ()>)
 
 async fn handle(stats: Arc<HttpStats>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     stats.requests.fetch_add(1, Ordering::SeqCst);
+    if req.method() == http::Method::CONNECT {
+        // A forward proxy's tunnel: answer 200, then echo what comes.
+        tokio::spawn(async move {
+            if let Ok(upgraded) = hyper::upgrade::on(req).await {
+                let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            }
+        });
+        return Ok(Response::new(Full::default()));
+    }
     let path = req.uri().path().to_string();
     let body = if let Some(n) = path.strip_prefix("/bytes/") {
         let n: usize = n.parse().unwrap_or(0);

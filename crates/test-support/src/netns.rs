@@ -40,8 +40,8 @@ pub struct Pod {
 // === impl Net ===
 
 impl Net {
-    /// A network for `test`, or `None` (after saying so on stdout and
-    /// stderr) where this machine cannot make namespaces.
+    /// A network for `test`, or `None` (after saying so on stdout) where
+    /// this machine cannot make namespaces.
     pub fn for_test(test: &str) -> Option<Net> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
@@ -245,5 +245,4 @@ fn ip_ok(args: &[&str]) -> io::Result<()> {
 fn not_run(test: &str, why: &str) {
     let msg = format!("NOT RUN: {test}: {why}; run the tests as root to cover it");
     println!("{msg}");
-    eprintln!("{msg}");
 }
