@@ -8,6 +8,7 @@
 //!
 //! Needs root (network namespaces). Run it with `bench/run`.
 
+mod envoy;
 mod load;
 
 use anyhow::{Context, bail};
@@ -22,6 +23,9 @@ struct Args {
     /// The weft-proxy binary (default: next to this one).
     #[arg(long)]
     proxy: Option<PathBuf>,
+    /// An Envoy binary, to measure it beside weft-proxy in the same run.
+    #[arg(long)]
+    envoy: Option<PathBuf>,
     /// Seconds of load per measured point.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
@@ -40,6 +44,7 @@ struct Args {
 /// without proxies.
 struct Path {
     name: &'static str,
+    /// The client's and the server's sidecar, if any.
     proxies: Option<(ProxyProcess, ProxyProcess)>,
     client: Pod,
     _server: Pod,
@@ -61,13 +66,20 @@ fn main() -> anyhow::Result<()> {
     };
     let duration = Duration::from_secs(args.seconds);
 
-    let direct = path(&net, "direct", None);
+    let direct = path(&net, "direct", |_| None);
     let env = [("LINKERD2_PROXY_LOG", "warn")];
-    let meshed = path(&net, "weft", Some((&proxy_bin, &env[..])));
+    let mut meshed = vec![path(&net, "weft", |pod| Some(pod.start_proxy(&proxy_bin, &env)))];
+    match &args.envoy {
+        Some(envoy) => {
+            let config = envoy::sidecar_config();
+            meshed.push(path(&net, "envoy", |pod| Some(pod.start_envoy(envoy, &config))));
+        }
+        None => println!("(Envoy not measured: pass --envoy PATH, or let bench/run install it)"),
+    }
 
     println!(
         "weft-bench: HTTP/1.1 GET of 1 KiB over {} connections, gRPC unary over one HTTP/2 connection \
-         ({} streams); open loop, {}s per point; weft-proxy on one core per proxy",
+         ({} streams); open loop, {}s per point; each sidecar on one core; added = sidecar pair minus direct",
         args.connections, args.connections, args.seconds
     );
     println!();
@@ -85,53 +97,61 @@ fn main() -> anyhow::Result<()> {
     for (protocol, rate) in points {
         let load = Load { protocol, rate: Some(rate), duration, connections: args.connections };
         let base = run(&direct, &load)?;
-        let (cpu_before, cpu_server_before) = cpu(&meshed);
-        let weft = run(&meshed, &load)?;
-        let (cpu_after, cpu_server_after) = cpu(&meshed);
-        let per_10k = |d: Duration| d.as_secs_f64() * 10_000.0 / weft.completed.max(1) as f64;
-        cpu_rows.push((
-            format!("{} @ {rate}/s", protocol.name()),
-            per_10k(cpu_after - cpu_before),
-            per_10k(cpu_server_after - cpu_server_before),
-        ));
         print_row(&format!("{} direct", protocol.name()), &base, None);
-        print_row(&format!("{} weft", protocol.name()), &weft, Some(&base));
+        for path in &meshed {
+            let before = cpu(path);
+            let report = run(path, &load)?;
+            let after = cpu(path);
+            let per_10k = |d: Duration| d.as_secs_f64() * 10_000.0 / report.completed.max(1) as f64;
+            cpu_rows.push((
+                format!("{} {} @ {rate}/s", path.name, protocol.name()),
+                per_10k(after.0 - before.0),
+                per_10k(after.1 - before.1),
+            ));
+            print_row(&format!("{} {}", protocol.name(), path.name), &report, Some(&base));
+        }
     }
 
     println!();
     let load = Load { protocol: Protocol::Http1, rate: None, duration, connections: args.connections };
     let base = run(&direct, &load)?;
-    let weft = run(&meshed, &load)?;
-    println!(
-        "max throughput, HTTP/1.1: direct {:.0} req/s, through weft {:.0} req/s ({:.0}% of direct)",
-        base.throughput(),
-        weft.throughput(),
-        100.0 * weft.throughput() / base.throughput()
-    );
+    println!("max throughput, HTTP/1.1: direct {:.0} req/s", base.throughput());
+    for path in &meshed {
+        let report = run(path, &load)?;
+        println!(
+            "max throughput, HTTP/1.1: through {} {:.0} req/s ({:.0}% of direct)",
+            path.name,
+            report.throughput(),
+            100.0 * report.throughput() / base.throughput()
+        );
+    }
 
     println!();
-    println!("{:<22} {:>22} {:>22}", "weft-proxy CPU", "client proxy s/10k req", "server proxy s/10k req");
+    println!("{:<28} {:>22} {:>22}", "CPU per 10k requests", "client sidecar s", "server sidecar s");
     for (name, client, server) in &cpu_rows {
-        println!("{name:<22} {client:>22.3} {server:>22.3}");
+        println!("{name:<28} {client:>22.3} {server:>22.3}");
     }
-    let (client, server) = meshed.proxies.as_ref().expect("the meshed path has proxies");
     println!();
-    println!(
-        "peak RSS: client proxy {:.1} MB, server proxy {:.1} MB",
-        client.peak_rss_kib() as f64 / 1024.0,
-        server.peak_rss_kib() as f64 / 1024.0
-    );
+    for path in &meshed {
+        let (client, server) = path.proxies.as_ref().expect("a meshed path has sidecars");
+        println!(
+            "peak RSS, {}: client sidecar {:.1} MB, server sidecar {:.1} MB",
+            path.name,
+            client.peak_rss_kib() as f64 / 1024.0,
+            server.peak_rss_kib() as f64 / 1024.0
+        );
+    }
     Ok(())
 }
 
-fn path(net: &Net, name: &'static str, proxy: Option<(&PathBuf, &[(&str, &str)])>) -> Path {
+fn path(net: &Net, name: &'static str, sidecar: impl Fn(&Pod) -> Option<ProxyProcess>) -> Path {
     let client = net.pod(&format!("{name}-client"));
     let server = net.pod(&format!("{name}-server"));
     let (_, http) = apps::http(server.listen(8080));
     server.spawn(http);
     let (_, grpc) = apps::grpc(server.listen(50051));
     server.spawn(grpc);
-    let proxies = proxy.map(|(bin, env)| (client.start_proxy(bin, env), server.start_proxy(bin, env)));
+    let proxies = sidecar(&client).zip(sidecar(&server));
     Path {
         name,
         proxies,
@@ -153,7 +173,7 @@ fn run(path: &Path, load: &Load) -> anyhow::Result<Report> {
 }
 
 fn cpu(path: &Path) -> (Duration, Duration) {
-    let (client, server) = path.proxies.as_ref().expect("the meshed path has proxies");
+    let (client, server) = path.proxies.as_ref().expect("a meshed path has sidecars");
     (client.cpu_time(), server.cpu_time())
 }
 

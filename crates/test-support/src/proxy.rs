@@ -39,24 +39,10 @@ impl Pod {
     /// Writes proxy-init's rules into the pod, starts weft-proxy with its
     /// default listeners plus `env`, and waits until it is ready.
     pub fn start_proxy(&self, bin: &Path, env: &[(&str, &str)]) -> ProxyProcess {
-        let rules = Rules { proxy_uid: None, proxy_gid: Some(PROXY_GID), ..Rules::default() };
-        rules
-            .apply(&Iptables { netns: Some(self.netns().to_string()) })
-            .unwrap_or_else(|e| panic!("proxy-init in pod {}: {e}", self.name()));
-
-        let log = std::env::temp_dir().join(format!("weft-test-{}-proxy.log", self.netns()));
-        let log_file = std::fs::File::create(&log).expect("creating the proxy's log file");
         let mut cmd = self.command(bin);
         cmd.env("LINKERD2_PROXY_LOG", "warn,weft=debug")
             .env("LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD", "30s")
-            .envs(env.iter().copied())
-            .gid(PROXY_GID)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        let mut proxy = ProxyProcess { child, log, exited: None };
-
+            .envs(env.iter().copied());
         let admin: SocketAddr = env
             .iter()
             .find(|(k, _)| *k == "LINKERD2_PROXY_ADMIN_LISTEN_ADDR")
@@ -66,17 +52,52 @@ impl Pod {
             true => SocketAddr::from(([127, 0, 0, 1], admin.port())),
             false => admin,
         };
+        self.start_sidecar("weft-proxy", cmd, admin, "/ready")
+    }
+
+    /// Envoy as a sidecar in the same place, for comparison: `config` must
+    /// listen on the proxy's ports (4143 inbound, 4140 outbound) with the
+    /// original-destination listener filter, and serve admin on
+    /// 127.0.0.1:9901.
+    pub fn start_envoy(&self, bin: &Path, config: &str) -> ProxyProcess {
+        let path = std::env::temp_dir().join(format!("weft-test-{}-envoy.yaml", self.netns()));
+        std::fs::write(&path, config).expect("writing Envoy's configuration");
+        let mut cmd = self.command(bin);
+        cmd.arg("-c").arg(&path).args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "warn"]);
+        self.start_sidecar("envoy", cmd, ([127, 0, 0, 1], 9901).into(), "/ready")
+    }
+
+    /// Writes proxy-init's rules into the pod, starts a sidecar proxy as
+    /// the proxy group, and waits until `ready_path` on `admin` answers 200.
+    fn start_sidecar(
+        &self,
+        what: &str,
+        mut cmd: Command,
+        admin: SocketAddr,
+        ready_path: &'static str,
+    ) -> ProxyProcess {
+        let rules = Rules { proxy_uid: None, proxy_gid: Some(PROXY_GID), ..Rules::default() };
+        rules
+            .apply(&Iptables { netns: Some(self.netns().to_string()) })
+            .unwrap_or_else(|e| panic!("proxy-init in pod {}: {e}", self.name()));
+
+        let log = std::env::temp_dir().join(format!("weft-test-{}-{what}.log", self.netns()));
+        let log_file = std::fs::File::create(&log).expect("creating the proxy's log file");
+        cmd.gid(PROXY_GID).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log_file);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {what}: {e}"));
+        let mut proxy = ProxyProcess { child, log, exited: None };
+
         let started = Instant::now();
         loop {
             if let Some(status) = proxy.child.try_wait().expect("polling the proxy") {
-                panic!("weft-proxy in pod {} exited with {status}:\n{}", self.name(), proxy.log());
+                panic!("{what} in pod {} exited with {status}:\n{}", self.name(), proxy.log());
             }
-            let ready = self.block_on(async move { http_get(admin, "/ready").await });
+            let ready = self.block_on(async move { http_get(admin, ready_path).await });
             if matches!(ready, Ok((200, _))) {
                 return proxy;
             }
             if started.elapsed() > Duration::from_secs(20) {
-                panic!("weft-proxy in pod {} not ready after 20s:\n{}", self.name(), proxy.log());
+                panic!("{what} in pod {} not ready after 20s:\n{}", self.name(), proxy.log());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -229,10 +250,13 @@ impl Drop for LocalProxy {
     }
 }
 
-/// A minimal HTTP/1.0 GET, for admin endpoints: status and body.
+/// A minimal HTTP GET, for admin endpoints: status and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
     let mut sock = tokio::net::TcpStream::connect(addr).await?;
-    sock.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+    // HTTP/1.1 with `Connection: close` (Envoy refuses HTTP/1.0); the
+    // servers asked answer with a content-length, so the body is the rest.
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    sock.write_all(head.as_bytes()).await?;
     let mut buf = Vec::new();
     sock.read_to_end(&mut buf).await?;
     let text = String::from_utf8_lossy(&buf);
