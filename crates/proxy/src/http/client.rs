@@ -22,7 +22,7 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 use tokio::net::TcpStream;
 
@@ -49,8 +49,18 @@ pub struct Clients {
     direction: Direction,
     connect_timeout: Duration,
     metrics: Arc<Metrics>,
-    cache: Mutex<HashMap<(SocketAddr, Proto), HttpClient>>,
+    cache: Mutex<HashMap<(SocketAddr, Proto), Cached>>,
 }
+
+struct Cached {
+    client: HttpClient,
+    last_used: Instant,
+}
+
+/// A client unused for this long is dropped (its pooled connections have
+/// long closed by then), so a proxy that meets many targets over its life
+/// does not keep a client for each.
+const CLIENT_IDLE: Duration = Duration::from_secs(300);
 
 // === impl Clients ===
 
@@ -60,36 +70,42 @@ impl Clients {
     }
 
     pub fn get(&self, addr: SocketAddr, proto: Proto) -> HttpClient {
+        let now = Instant::now();
         let mut cache = self.cache.lock().expect("client cache lock");
-        cache
-            .entry((addr, proto))
-            .or_insert_with(|| {
-                let connector = Connector {
-                    addr,
-                    timeout: self.connect_timeout,
-                    direction: self.direction,
-                    metrics: self.metrics.clone(),
-                };
-                let mut builder = Client::builder(TokioExecutor::new());
+        if let Some(cached) = cache.get_mut(&(addr, proto)) {
+            cached.last_used = now;
+            return cached.client.clone();
+        }
+        // A new target: sweep out the clients no one has used lately.
+        cache.retain(|_, c| now.duration_since(c.last_used) < CLIENT_IDLE);
+        let client = {
+            let connector = Connector {
+                addr,
+                timeout: self.connect_timeout,
+                direction: self.direction,
+                metrics: self.metrics.clone(),
+            };
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(64)
+                // The proxy must not replay a request the application
+                // sent once; the application decides about retries.
+                .retry_canceled_requests(false)
+                .set_host(false);
+            if proto == Proto::Http2 {
                 builder
-                    .pool_timer(TokioTimer::new())
-                    .timer(TokioTimer::new())
-                    .pool_idle_timeout(Duration::from_secs(60))
-                    .pool_max_idle_per_host(64)
-                    // The proxy must not replay a request the application
-                    // sent once; the application decides about retries.
-                    .retry_canceled_requests(false)
-                    .set_host(false);
-                if proto == Proto::Http2 {
-                    builder
-                        .http2_only(true)
-                        .http2_keep_alive_interval(Duration::from_secs(10))
-                        .http2_keep_alive_timeout(Duration::from_secs(3))
-                        .http2_adaptive_window(true);
-                }
-                builder.build(connector)
-            })
-            .clone()
+                    .http2_only(true)
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .http2_keep_alive_timeout(Duration::from_secs(3))
+                    .http2_adaptive_window(true);
+            }
+            builder.build(connector)
+        };
+        cache.insert((addr, proto), Cached { client: client.clone(), last_used: now });
+        client
     }
 }
 
