@@ -1,0 +1,222 @@
+//! The index: every resource from every source, and the values derived
+//! from them (a service port's endpoints) published on watch channels.
+//!
+//! A source is anything that defines resources as a unit: a file of the
+//! directory source, or one object of the Kubernetes source. Replacing a
+//! source is atomic, so a file never half-applies.
+
+use crate::{
+    Key, Kind, Resource,
+    endpoints::{self, EndpointSet, ServicePort},
+};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+};
+use tokio::sync::watch;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The cluster's DNS domain: services are `name.ns.svc.<domain>`.
+    pub cluster_domain: String,
+    /// Identities are `<sa>.<ns>.serviceaccount.identity.<cp-ns>.<domain>`.
+    pub trust_domain: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { cluster_domain: "cluster.local".into(), trust_domain: "cluster.local".into() }
+    }
+}
+
+pub struct Index {
+    config: Config,
+    objects: Objects,
+    /// Each source's resources, and when it was last written: where two
+    /// sources define one key, the latest wins.
+    sources: HashMap<String, (u64, BTreeMap<Key, Resource>)>,
+    key_sources: HashMap<Key, BTreeSet<String>>,
+    seq: u64,
+    endpoint_watches: HashMap<ServicePort, watch::Sender<Arc<EndpointSet>>>,
+}
+
+/// The resources in effect, by kind, then namespace and name.
+#[derive(Default)]
+pub struct Objects(HashMap<Kind, BTreeMap<(String, String), Resource>>);
+
+// === impl Index ===
+
+impl Index {
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            objects: Objects::default(),
+            sources: HashMap::new(),
+            key_sources: HashMap::new(),
+            seq: 0,
+            endpoint_watches: HashMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Sets everything `source` defines, replacing what it defined before.
+    pub fn replace_source(&mut self, source: &str, resources: Vec<Resource>) {
+        self.seq += 1;
+        let resources: BTreeMap<Key, Resource> = resources.into_iter().map(|r| (r.key(), r)).collect();
+        let mut touched: BTreeSet<Key> = resources.keys().cloned().collect();
+        for key in &touched {
+            let sources = self.key_sources.entry(key.clone()).or_default();
+            sources.insert(source.to_string());
+            if sources.len() > 1 {
+                let others: Vec<&str> = sources.iter().map(String::as_str).filter(|s| *s != source).collect();
+                tracing::warn!(%key, ?others, winner = source, "defined in more than one place; the latest wins");
+            }
+        }
+        if let Some((_, old)) = self.sources.insert(source.to_string(), (self.seq, resources)) {
+            for key in old.into_keys().filter(|k| !touched.contains(k)).collect::<Vec<_>>() {
+                if let Some(sources) = self.key_sources.get_mut(&key) {
+                    sources.remove(source);
+                }
+                touched.insert(key);
+            }
+        }
+        self.settle(touched);
+    }
+
+    /// Forgets everything `source` defined (its file was deleted).
+    pub fn remove_source(&mut self, source: &str) {
+        let Some((_, old)) = self.sources.remove(source) else { return };
+        let touched: BTreeSet<Key> = old.into_keys().collect();
+        for key in &touched {
+            if let Some(sources) = self.key_sources.get_mut(key) {
+                sources.remove(source);
+            }
+        }
+        self.settle(touched);
+    }
+
+    /// Puts the winning definition of each touched key in effect, then
+    /// republishes what depends on the namespaces they are in.
+    fn settle(&mut self, touched: BTreeSet<Key>) {
+        let mut namespaces = BTreeSet::new();
+        for key in touched {
+            let winner = self.key_sources.get(&key).and_then(|sources| {
+                sources
+                    .iter()
+                    .filter_map(|s| self.sources.get(s))
+                    .max_by_key(|(seq, _)| *seq)
+                    .and_then(|(_, rs)| rs.get(&key))
+            });
+            if self.key_sources.get(&key).is_some_and(BTreeSet::is_empty) {
+                self.key_sources.remove(&key);
+            }
+            let slot = (key.namespace.clone(), key.name.clone());
+            match winner {
+                Some(r) => self.objects.0.entry(key.kind).or_default().insert(slot, r.clone()),
+                None => self.objects.0.get_mut(&key.kind).and_then(|m| m.remove(&slot)),
+            };
+            namespaces.insert(key.namespace);
+        }
+        self.publish(&namespaces);
+    }
+
+    fn publish(&mut self, namespaces: &BTreeSet<String>) {
+        self.endpoint_watches.retain(|_, tx| tx.receiver_count() > 0);
+        let watched: Vec<ServicePort> =
+            self.endpoint_watches.keys().filter(|sp| namespaces.contains(&sp.namespace)).cloned().collect();
+        for sp in watched {
+            let set = endpoints::compute(self, &self.objects, &sp);
+            self.endpoint_watches[&sp].send_if_modified(|current| {
+                if **current == set {
+                    return false;
+                }
+                *current = Arc::new(set);
+                true
+            });
+        }
+    }
+
+    /// The endpoints of a service port, now and as they change.
+    pub fn watch_endpoints(&mut self, sp: ServicePort) -> watch::Receiver<Arc<EndpointSet>> {
+        if let Some(tx) = self.endpoint_watches.get(&sp) {
+            return tx.subscribe();
+        }
+        let set = endpoints::compute(self, &self.objects, &sp);
+        let (tx, rx) = watch::channel(Arc::new(set));
+        self.endpoint_watches.insert(sp, tx);
+        rx
+    }
+
+    /// The service a proxy names by `host` (FQDN or cluster IP) and port.
+    pub fn resolve(&self, host: &str, port: u16) -> Option<ServicePort> {
+        endpoints::resolve(&self.objects, &self.config.cluster_domain, host, port)
+    }
+
+    pub fn get(&self, key: &Key) -> Option<&Resource> {
+        self.objects.get(key.kind, &key.namespace, &key.name)
+    }
+
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
+        self.objects.service(namespace, name)
+    }
+
+    /// How many resources of each kind are in effect.
+    pub fn counts(&self) -> BTreeMap<Kind, usize> {
+        self.objects.0.iter().map(|(k, m)| (*k, m.len())).collect()
+    }
+
+    pub fn watch_count(&self) -> usize {
+        self.endpoint_watches.values().map(|tx| tx.receiver_count()).sum()
+    }
+}
+
+// === impl Objects ===
+
+impl Objects {
+    pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<&Resource> {
+        self.0.get(&kind)?.get(&(namespace.to_string(), name.to_string()))
+    }
+
+    pub fn in_namespace<'a>(
+        &'a self,
+        kind: Kind,
+        namespace: &str,
+    ) -> impl Iterator<Item = &'a Resource> + 'a {
+        let lo = (namespace.to_string(), String::new());
+        let ns = namespace.to_string();
+        self.0
+            .get(&kind)
+            .into_iter()
+            .flat_map(move |m| m.range(lo.clone()..))
+            .take_while(move |((n, _), _)| *n == ns)
+            .map(|(_, r)| r)
+    }
+
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
+        match self.get(Kind::Service, namespace, name)? {
+            Resource::Service(svc) => Some(svc),
+            _ => None,
+        }
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.0.get(&Kind::Service).into_iter().flat_map(|m| m.values()).filter_map(|r| match r {
+            Resource::Service(svc) => Some(&**svc),
+            _ => None,
+        })
+    }
+
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
+        match self.get(Kind::Pod, namespace, name)? {
+            Resource::Pod(pod) => Some(pod),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,12 @@
+//! weft's store: one in-memory index of resources, with one model whatever
+//! the source (a directory of YAML in local mode, Kubernetes watches in a
+//! cluster). The index does no I/O; sources feed it, and the control
+//! plane's servers read what it publishes on watch channels.
+
+pub mod endpoints;
+pub mod index;
+pub mod resource;
+
+pub use endpoints::{Endpoint, EndpointSet, ServicePort, TlsId};
+pub use index::{Config, Index};
+pub use resource::{Key, Kind, ParseError, Resource};
