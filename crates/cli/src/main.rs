@@ -1,5 +1,6 @@
 //! `weft`: the command line of the weft service mesh.
 
+mod controller;
 mod proxy_init;
 
 use clap::{Parser, Subcommand};
@@ -17,12 +18,16 @@ enum Command {
     /// Write (or remove) the iptables rules that send a pod's traffic
     /// through weft-proxy, as Linkerd's proxy-init does.
     ProxyInit(proxy_init::Args),
+    /// Run the control plane: destination and outbound-policy APIs over a
+    /// store of resources.
+    Controller(controller::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::ProxyInit(args) => proxy_init::run(args),
+        Command::Controller(args) => controller::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

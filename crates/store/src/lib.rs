@@ -3,10 +3,12 @@
 //! cluster). The index does no I/O; sources feed it, and the control
 //! plane's servers read what it publishes on watch channels.
 
+pub mod dir;
 pub mod endpoints;
 pub mod index;
 pub mod resource;
 
+pub use dir::{DirSource, SharedIndex};
 pub use endpoints::{Endpoint, EndpointSet, ServicePort, TlsId};
 pub use index::{Config, Index};
 pub use resource::{Key, Kind, ParseError, Resource};

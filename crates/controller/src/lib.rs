@@ -1,0 +1,121 @@
+//! weft's control plane, over the store: the destination and
+//! outbound-policy APIs that proxies (weft's or Linkerd's) call, and an
+//! admin server with the controller's own metrics.
+
+mod admin;
+mod destination;
+mod metrics;
+pub mod outbound;
+
+pub use admin::serve_admin;
+pub use destination::DestinationService;
+pub use metrics::Metrics;
+pub use outbound::OutboundService;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use linkerd2_proxy_api::{
+    destination::destination_server::DestinationServer,
+    outbound::outbound_policies_server::OutboundPoliciesServer,
+};
+use std::{convert::Infallible, sync::Arc};
+use tokio::net::TcpListener;
+use tonic::{Status, server::NamedService};
+use weft_store::{Index, ServicePort, SharedIndex};
+
+/// What a proxy asked about.
+pub(crate) enum Target {
+    Service(ServicePort),
+    /// An address or name that is no service this controller knows.
+    Other,
+}
+
+/// Parses `host:port` (or a bare host, port 80) into a service port: a
+/// service's DNS name (known or not yet) or its cluster IP.
+pub(crate) fn parse_target(index: &SharedIndex, target: &str) -> Result<Target, Status> {
+    let (host, port) = match target.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(':') => {
+            let port =
+                port.parse::<u16>().map_err(|_| Status::invalid_argument(format!("{target}: bad port")))?;
+            (host, port)
+        }
+        _ => (target, 80),
+    };
+    let index = lock(index);
+    if let Some(sp) = index.resolve(host, port) {
+        return Ok(Target::Service(sp));
+    }
+    // A service name that does not exist (yet) is still a service name:
+    // its watch says `exists: false` until it appears.
+    let domain = format!(".svc.{}", index.config().cluster_domain);
+    let name = host.trim_end_matches('.');
+    let name = name.strip_suffix(domain.as_str()).or_else(|| name.strip_suffix(".svc"));
+    if let Some((svc, ns)) =
+        name.and_then(|n| n.split_once('.')).filter(|(s, n)| !s.is_empty() && !n.contains('.'))
+    {
+        return Ok(Target::Service(ServicePort { namespace: ns.into(), name: svc.into(), port }));
+    }
+    Ok(Target::Other)
+}
+
+pub(crate) fn lock(index: &SharedIndex) -> std::sync::MutexGuard<'_, Index> {
+    index.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Serves the proxy APIs on `listener` (gRPC over HTTP/2) until the task is
+/// dropped.
+pub async fn serve_grpc(listener: TcpListener, index: SharedIndex, metrics: Arc<Metrics>) {
+    let router = Router {
+        destination: DestinationServer::new(DestinationService {
+            index: index.clone(),
+            metrics: metrics.clone(),
+        }),
+        outbound: OutboundPoliciesServer::new(OutboundService { index, metrics }),
+    };
+    loop {
+        let (sock, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = sock.set_nodelay(true);
+        let router = router.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| router.clone().route(req));
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(Some(std::time::Duration::from_secs(10)))
+                .serve_connection(TokioIo::new(sock), svc);
+            if let Err(error) = conn.await {
+                tracing::debug!(%error, "gRPC connection closed");
+            }
+        });
+    }
+}
+
+/// Dispatches by gRPC service name. Written by hand because tonic's own
+/// router brings axum into the build for what is a prefix match.
+#[derive(Clone)]
+struct Router {
+    destination: DestinationServer<DestinationService>,
+    outbound: OutboundPoliciesServer<OutboundService>,
+}
+
+impl Router {
+    async fn route(mut self, req: Request<Incoming>) -> Result<Response<tonic::body::Body>, Infallible> {
+        use tower_service::Service;
+        let path = req.uri().path();
+        let service = path.trim_start_matches('/').split('/').next().unwrap_or_default();
+        if service == <DestinationServer<DestinationService> as NamedService>::NAME {
+            return self.destination.call(req).await;
+        }
+        if service == <OutboundPoliciesServer<OutboundService> as NamedService>::NAME {
+            return self.outbound.call(req).await;
+        }
+        Ok(Status::unimplemented(format!("weft's controller does not serve {service}")).into_http())
+    }
+}

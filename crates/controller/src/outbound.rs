@@ -1,0 +1,236 @@
+//! `io.linkerd.proxy.outbound.OutboundPolicies`: how a proxy should treat
+//! traffic to a service: the protocol, and routes to backends that it
+//! balances over the service's endpoints.
+//!
+//! Routes from HTTPRoute/GRPCRoute come with traffic management; until
+//! then every service gets one default route to itself. The policy is
+//! shaped the way the stock linkerd2-proxy requires (DESIGN.md, contract
+//! 1): metadata everywhere, a `core` Service resource, a complete Detect,
+//! non-empty distributions, a queue with a failfast timeout, and a
+//! balancer with discovery by DNS name and port and a PeakEwma load.
+
+use crate::{Metrics, Target};
+use linkerd2_proxy_api::{
+    http_route::{HttpRouteMatch, PathMatch, path_match},
+    meta::{Metadata, Resource, metadata},
+    outbound::{
+        Backend, HttpRoute, OpaqueRoute, OutboundPolicy, ProxyProtocol, Queue, TrafficSpec, backend,
+        http_route, opaque_route, outbound_policies_server::OutboundPolicies, proxy_protocol, traffic_spec,
+    },
+};
+use std::{pin::Pin, sync::Arc, time::Duration};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status};
+use weft_store::{ServicePort, SharedIndex, endpoints::opaque_ports};
+
+pub struct OutboundService {
+    pub(crate) index: SharedIndex,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+const DETECT_TIMEOUT: Duration = Duration::from_secs(10);
+const FAILFAST_TIMEOUT: Duration = Duration::from_secs(3);
+const QUEUE_CAPACITY: u32 = 100;
+const DEFAULT_RTT: Duration = Duration::from_millis(30);
+const EWMA_DECAY: Duration = Duration::from_secs(10);
+
+#[tonic::async_trait]
+impl OutboundPolicies for OutboundService {
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<OutboundPolicy, Status>> + Send>>;
+
+    async fn get(&self, req: Request<TrafficSpec>) -> Result<Response<OutboundPolicy>, Status> {
+        Ok(Response::new(self.policy(req.into_inner())?))
+    }
+
+    async fn watch(&self, req: Request<TrafficSpec>) -> Result<Response<Self::WatchStream>, Status> {
+        let policy = self.policy(req.into_inner())?;
+        let (tx, out) = mpsc::channel(1);
+        let gauge = self.metrics.watch("outbound_policy");
+        tokio::spawn(async move {
+            let _gauge = gauge;
+            if tx.send(Ok(policy)).await.is_ok() {
+                // Default policies change only with routes (a later issue);
+                // the stream stays open as the proxy expects.
+                tx.closed().await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+}
+
+impl OutboundService {
+    fn policy(&self, spec: TrafficSpec) -> Result<OutboundPolicy, Status> {
+        let target = match spec.target {
+            Some(traffic_spec::Target::Addr(addr)) => {
+                let addr = std::net::SocketAddr::try_from(addr)
+                    .map_err(|_| Status::invalid_argument("the target address is not a valid IP address"))?;
+                addr.to_string()
+            }
+            Some(traffic_spec::Target::Authority(authority)) => authority,
+            None => return Err(Status::invalid_argument("the traffic spec names no target")),
+        };
+        // NOT_FOUND tells the proxy to forward to the original destination.
+        let Target::Service(sp) = crate::parse_target(&self.index, &target)? else {
+            return Err(Status::not_found(format!("{target} is not a known service")));
+        };
+        let index = crate::lock(&self.index);
+        let Some(svc) = index.service(&sp.namespace, &sp.name) else {
+            return Err(Status::not_found(format!("service {}/{} does not exist", sp.namespace, sp.name)));
+        };
+        let opaque = opaque_ports(svc.metadata.annotations.as_ref()).contains(&sp.port);
+        Ok(default_policy(&sp, &index.config().cluster_domain, opaque))
+    }
+}
+
+fn duration(d: Duration) -> Option<prost_types::Duration> {
+    prost_types::Duration::try_from(d).ok()
+}
+
+fn service_metadata(sp: &ServicePort) -> Metadata {
+    Metadata {
+        kind: Some(metadata::Kind::Resource(Resource {
+            group: "core".into(),
+            kind: "Service".into(),
+            name: sp.name.clone(),
+            namespace: sp.namespace.clone(),
+            section: String::new(),
+            port: sp.port.into(),
+        })),
+    }
+}
+
+fn default_metadata(name: &str) -> Metadata {
+    Metadata { kind: Some(metadata::Kind::Default(name.into())) }
+}
+
+/// One route to the service itself, balanced over its endpoints.
+pub fn default_policy(sp: &ServicePort, cluster_domain: &str, opaque: bool) -> OutboundPolicy {
+    let backend = Backend {
+        metadata: Some(service_metadata(sp)),
+        queue: Some(Queue { capacity: QUEUE_CAPACITY, failfast_timeout: duration(FAILFAST_TIMEOUT) }),
+        kind: Some(backend::Kind::Balancer(backend::BalanceP2c {
+            discovery: Some(backend::EndpointDiscovery {
+                kind: Some(backend::endpoint_discovery::Kind::Dst(
+                    backend::endpoint_discovery::DestinationGet {
+                        path: format!("{}.{}.svc.{cluster_domain}:{}", sp.name, sp.namespace, sp.port),
+                    },
+                )),
+            }),
+            load: Some(backend::balance_p2c::Load::PeakEwma(backend::balance_p2c::PeakEwma {
+                default_rtt: duration(DEFAULT_RTT),
+                decay: duration(EWMA_DECAY),
+            })),
+        })),
+    };
+
+    let opaque_route = OpaqueRoute {
+        metadata: Some(default_metadata("opaq")),
+        rules: vec![opaque_route::Rule {
+            backends: Some(opaque_route::Distribution {
+                kind: Some(opaque_route::distribution::Kind::FirstAvailable(
+                    opaque_route::distribution::FirstAvailable {
+                        backends: vec![opaque_route::RouteBackend {
+                            backend: Some(backend.clone()),
+                            filters: vec![],
+                        }],
+                    },
+                )),
+            }),
+            filters: vec![],
+        }],
+    };
+    let opaque_protocol = proxy_protocol::Opaque { routes: vec![opaque_route] };
+
+    let kind = if opaque {
+        proxy_protocol::Kind::Opaque(opaque_protocol)
+    } else {
+        let http_route = HttpRoute {
+            metadata: Some(default_metadata("http")),
+            hosts: vec![],
+            rules: vec![http_route::Rule {
+                matches: vec![HttpRouteMatch {
+                    path: Some(PathMatch { kind: Some(path_match::Kind::Prefix("/".into())) }),
+                    ..Default::default()
+                }],
+                filters: vec![],
+                backends: Some(http_route::Distribution {
+                    kind: Some(http_route::distribution::Kind::FirstAvailable(
+                        http_route::distribution::FirstAvailable {
+                            backends: vec![http_route::RouteBackend {
+                                backend: Some(backend),
+                                filters: vec![],
+                                ..Default::default()
+                            }],
+                        },
+                    )),
+                }),
+                ..Default::default()
+            }],
+        };
+        proxy_protocol::Kind::Detect(proxy_protocol::Detect {
+            timeout: duration(DETECT_TIMEOUT),
+            opaque: Some(opaque_protocol),
+            http1: Some(proxy_protocol::Http1 { routes: vec![http_route.clone()], failure_accrual: None }),
+            http2: Some(proxy_protocol::Http2 { routes: vec![http_route], failure_accrual: None }),
+        })
+    };
+    OutboundPolicy {
+        protocol: Some(ProxyProtocol { kind: Some(kind) }),
+        metadata: Some(service_metadata(sp)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sp() -> ServicePort {
+        ServicePort { namespace: "shop".into(), name: "web".into(), port: 80 }
+    }
+
+    /// What the stock linkerd2-proxy checks before it accepts a policy.
+    #[test]
+    fn the_default_policy_has_what_the_stock_proxy_requires() {
+        let policy = default_policy(&sp(), "cluster.local", false);
+        let Some(metadata::Kind::Resource(res)) = policy.metadata.as_ref().and_then(|m| m.kind.clone())
+        else {
+            panic!("top-level metadata must name the Service");
+        };
+        assert_eq!((res.group.as_str(), res.kind.as_str(), res.port), ("core", "Service", 80));
+        let Some(proxy_protocol::Kind::Detect(detect)) = policy.protocol.unwrap().kind else {
+            panic!("not detect")
+        };
+        assert!(detect.timeout.is_some() && detect.opaque.is_some());
+        for routes in [&detect.http1.as_ref().unwrap().routes, &detect.http2.as_ref().unwrap().routes] {
+            let route = &routes[0];
+            assert!(route.metadata.is_some());
+            let rule = &route.rules[0];
+            let Some(http_route::distribution::Kind::FirstAvailable(fa)) =
+                rule.backends.as_ref().unwrap().kind.as_ref()
+            else {
+                panic!("no distribution")
+            };
+            assert!(!fa.backends.is_empty());
+            let backend = fa.backends[0].backend.as_ref().unwrap();
+            assert!(backend.metadata.is_some());
+            assert!(backend.queue.as_ref().unwrap().failfast_timeout.is_some());
+            let Some(backend::Kind::Balancer(p2c)) = &backend.kind else { panic!("not a balancer") };
+            let Some(backend::endpoint_discovery::Kind::Dst(dst)) =
+                p2c.discovery.as_ref().unwrap().kind.as_ref()
+            else {
+                panic!("no discovery")
+            };
+            // A DNS name with a port: an IP:port makes the stock proxy panic.
+            assert_eq!(dst.path, "web.shop.svc.cluster.local:80");
+            let Some(backend::balance_p2c::Load::PeakEwma(ewma)) = p2c.load else { panic!("no PeakEwma") };
+            assert!(ewma.default_rtt.is_some() && ewma.decay.is_some());
+        }
+    }
+
+    #[test]
+    fn opaque_ports_get_an_opaque_policy() {
+        let policy = default_policy(&sp(), "cluster.local", true);
+        assert!(matches!(policy.protocol.unwrap().kind, Some(proxy_protocol::Kind::Opaque(_))));
+    }
+}
