@@ -5,6 +5,7 @@ use crate::{
     admin::Admin,
     config::{Config, ListenerConfig},
     detect::{self, Detected, Protocol},
+    discovery::{Discovery, Resolution, ServiceRoute, TargetKey},
     drain::Drain,
     http::{ConnService, HttpProxy, client::Clients, client::Proto},
     io::{self, MeteredIo, PrefixedIo},
@@ -21,11 +22,11 @@ use std::{
 use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Debug, thiserror::Error)]
-#[error("failed to listen on {name}={addr}: {source}")]
-pub struct BindError {
-    name: &'static str,
-    addr: SocketAddr,
-    source: std::io::Error,
+pub enum BindError {
+    #[error("failed to listen on {name}={addr}: {source}")]
+    Listen { name: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("{name}={addr:?} cannot be used to reach the controller: {source}")]
+    Controller { name: &'static str, addr: String, source: tonic::transport::Error },
 }
 
 /// A proxy whose listeners are bound.
@@ -36,6 +37,7 @@ pub struct Proxy {
     inbound: TcpListener,
     outbound: TcpListener,
     admin: TcpListener,
+    discovery: Option<Arc<Discovery>>,
 }
 
 /// One direction's listener and what its connections share.
@@ -47,6 +49,8 @@ struct Listener {
     drain: Drain,
     /// Where inbound connections go when nothing redirected them.
     forward: Option<SocketAddr>,
+    /// The controller's answers about outbound targets.
+    discovery: Option<Arc<Discovery>>,
 }
 
 // === impl Proxy ===
@@ -55,9 +59,27 @@ impl Proxy {
     pub async fn bind(config: Config) -> Result<Self, BindError> {
         use crate::config::*;
         let bind = |name: &'static str, addr: SocketAddr| async move {
-            TcpListener::bind(addr).await.map_err(|source| BindError { name, addr, source })
+            TcpListener::bind(addr).await.map_err(|source| BindError::Listen { name, addr, source })
+        };
+        let discovery = match &config.discovery {
+            None => None,
+            Some(d) => Some(
+                Discovery::new(
+                    &d.destination_addr,
+                    &d.policy_addr,
+                    d.workload.clone(),
+                    d.idle_timeout,
+                    config.outbound.connect_timeout.max(Duration::from_secs(1)),
+                )
+                .map_err(|source| BindError::Controller {
+                    name: ENV_DESTINATION_SVC_ADDR,
+                    addr: d.destination_addr.clone(),
+                    source,
+                })?,
+            ),
         };
         Ok(Self {
+            discovery,
             inbound: bind(ENV_INBOUND_LISTEN_ADDR, config.inbound.addr).await?,
             outbound: bind(ENV_OUTBOUND_LISTEN_ADDR, config.outbound.addr).await?,
             admin: bind(ENV_ADMIN_LISTEN_ADDR, config.admin_addr).await?,
@@ -89,6 +111,7 @@ impl Proxy {
             "weft-proxy is listening"
         );
         let listener = |direction, config: &ListenerConfig, own_addr, forward| {
+            let discovery = self.discovery.clone().filter(|_| direction == Direction::Outbound);
             Arc::new(Listener {
                 direction,
                 http: Arc::new(HttpProxy {
@@ -98,7 +121,9 @@ impl Proxy {
                     ingress_mode: direction == Direction::Outbound && self.config.ingress_mode,
                     own_addr,
                     drain: self.drain.clone(),
+                    discovery: discovery.clone(),
                 }),
+                discovery,
                 config: config.clone(),
                 metrics: self.metrics.clone(),
                 drain: self.drain.clone(),
@@ -167,11 +192,23 @@ impl Listener {
             Direction::Outbound => Tls::OUTBOUND_PLAIN,
         };
         let local = sock.local_addr().unwrap_or(self.config.addr);
+        let service = match (&self.discovery, target) {
+            (Some(discovery), Some(t)) if !self.http.ingress_mode => {
+                match discovery.resolve(TargetKey::Addr(t)).await {
+                    Resolution::Service(service) => Some(service),
+                    Resolution::Pending | Resolution::Forward => None,
+                }
+            }
+            _ => None,
+        };
 
         // Ports whose clients or servers speak first skip detection.
-        if let Some(target) = target.filter(|t| self.config.opaque_ports.contains(t.port())) {
+        let opaque = |t: &SocketAddr| {
+            self.config.opaque_ports.contains(t.port()) || service.as_ref().is_some_and(|s| s.opaque)
+        };
+        if let Some(target) = target.filter(opaque) {
             let sock = self.metered(sock, target, tls);
-            return self.forward_opaque(tcp::no_prefix(sock), target, tls).await;
+            return self.forward_opaque(tcp::no_prefix(sock), target, tls, service.as_deref()).await;
         }
 
         let mut sock = self.metered(sock, target.unwrap_or(local), tls);
@@ -184,15 +221,17 @@ impl Listener {
         };
         let io = PrefixedIo::new(prefix.freeze(), sock);
         match detected {
-            Detected::Protocol(Protocol::Http1) => self.serve_http(io, Proto::Http1, target, tls).await,
-            Detected::Protocol(Protocol::H2) => self.serve_http(io, Proto::Http2, target, tls).await,
+            Detected::Protocol(Protocol::Http1) => {
+                self.serve_http(io, Proto::Http1, target, service, tls).await
+            }
+            Detected::Protocol(Protocol::H2) => self.serve_http(io, Proto::Http2, target, service, tls).await,
             Detected::Protocol(Protocol::Tls) => {
                 if let Some(target) = target {
-                    self.forward_opaque(io, target, Tls::Passthru).await
+                    self.forward_opaque(io, target, Tls::Passthru, service.as_deref()).await
                 }
             }
             Detected::Protocol(Protocol::Opaque) | Detected::Timeout => match target {
-                Some(target) => self.forward_opaque(io, target, tls).await,
+                Some(target) => self.forward_opaque(io, target, tls, service.as_deref()).await,
                 None => tracing::info!(
                     direction = ?self.direction, %client,
                     "a non-HTTP connection has no original destination; closing it"
@@ -207,9 +246,26 @@ impl Listener {
         MeteredIo::new(sock, self.metrics.tcp(labels))
     }
 
-    async fn forward_opaque(&self, io: PrefixedIo<MeteredIo<TcpStream>>, target: SocketAddr, tls: Tls) {
+    /// Forwards a connection as TCP: to an endpoint of its service, picked
+    /// per connection, or else to where it was going.
+    async fn forward_opaque(
+        &self,
+        io: PrefixedIo<MeteredIo<TcpStream>>,
+        target: SocketAddr,
+        tls: Tls,
+        service: Option<&ServiceRoute>,
+    ) {
         let timeout = self.config.connect_timeout;
-        tcp::forward(io, target, timeout, self.direction, tls, &self.metrics).await
+        let Some(service) = service else {
+            return tcp::forward(io, target, timeout, self.direction, tls, &self.metrics).await;
+        };
+        let Some(picked) = service.balancer.pick_within(service.failfast).await else {
+            tracing::info!(service = %service.name, "no endpoints; closing the connection");
+            return;
+        };
+        // `picked` counts the connection as in flight at its endpoint.
+        tcp::forward(io, picked.addr(), timeout, self.direction, tls, &self.metrics).await;
+        drop(picked);
     }
 
     async fn serve_http(
@@ -217,9 +273,10 @@ impl Listener {
         io: PrefixedIo<MeteredIo<TcpStream>>,
         proto: Proto,
         target: Option<SocketAddr>,
+        service: Option<Arc<ServiceRoute>>,
         tls: Tls,
     ) {
-        let svc = ConnService::new(self.http.clone(), proto, target, tls);
+        let svc = ConnService::new(self.http.clone(), proto, target, service, tls);
         let io = TokioIo::new(io);
         let result = match proto {
             Proto::Http1 => {

@@ -23,6 +23,10 @@ pub const ENV_INGRESS_MODE: &str = "LINKERD2_PROXY_INGRESS_MODE";
 pub const ENV_CORES: &str = "LINKERD2_PROXY_CORES";
 pub const ENV_LOG: &str = "LINKERD2_PROXY_LOG";
 pub const ENV_LOG_FORMAT: &str = "LINKERD2_PROXY_LOG_FORMAT";
+pub const ENV_DESTINATION_SVC_ADDR: &str = "LINKERD2_PROXY_DESTINATION_SVC_ADDR";
+pub const ENV_POLICY_SVC_ADDR: &str = "LINKERD2_PROXY_POLICY_SVC_ADDR";
+pub const ENV_POLICY_WORKLOAD: &str = "LINKERD2_PROXY_POLICY_WORKLOAD";
+pub const ENV_DISCOVERY_IDLE_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT";
 /// weft's own: where inbound connections go when they were not redirected by
 /// iptables (local mode on 127.0.0.0/8, where there is no `SO_ORIGINAL_DST`).
 pub const ENV_INBOUND_FORWARD: &str = "WEFT_PROXY_INBOUND_FORWARD";
@@ -44,6 +48,20 @@ pub struct Config {
     pub log: String,
     pub log_format: LogFormat,
     pub inbound_forward: Option<SocketAddr>,
+    /// The controller, when there is one: without it, outbound traffic
+    /// goes to its original destination.
+    pub discovery: Option<DiscoveryConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiscoveryConfig {
+    /// `host:port` of the Destination API.
+    pub destination_addr: String,
+    /// `host:port` of the policy APIs (the destination's when unset).
+    pub policy_addr: String,
+    /// Who this proxy is, as the policy API takes it (`ns:name`).
+    pub workload: String,
+    pub idle_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -123,7 +141,21 @@ impl Config {
             log: env.parse(ENV_LOG, |s| Ok(s.to_string()))?.unwrap_or_else(|| "warn,weft=info".into()),
             log_format: env.parse(ENV_LOG_FORMAT, parse_log_format)?.unwrap_or(LogFormat::Plain),
             inbound_forward: env.parse(ENV_INBOUND_FORWARD, parse_addr)?,
+            discovery: None,
         };
+        let mut config = config;
+        if let Some(destination_addr) = env.parse(ENV_DESTINATION_SVC_ADDR, parse_svc_addr)? {
+            config.discovery = Some(DiscoveryConfig {
+                policy_addr: env
+                    .parse(ENV_POLICY_SVC_ADDR, parse_svc_addr)?
+                    .unwrap_or_else(|| destination_addr.clone()),
+                destination_addr,
+                workload: env.parse(ENV_POLICY_WORKLOAD, |s| Ok(s.to_string()))?.unwrap_or_default(),
+                idle_timeout: env
+                    .parse(ENV_DISCOVERY_IDLE_TIMEOUT, parse_duration)?
+                    .unwrap_or(Duration::from_secs(5)),
+            });
+        }
         config.validate()?;
         Ok(config)
     }
@@ -167,6 +199,17 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse().map_err(|_| "expected an IP address and port, such as 0.0.0.0:4143 or [::]:4143".to_string())
+}
+
+/// A control-plane address: `host:port`, the host a name or an IP.
+fn parse_svc_addr(s: &str) -> Result<String, String> {
+    let hint =
+        || "expected host:port, such as weft-dst.weft.svc.cluster.local:8086 or 127.0.0.1:8086".to_string();
+    let (host, port) = s.rsplit_once(':').ok_or_else(hint)?;
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(hint());
+    }
+    Ok(s.to_string())
 }
 
 fn parse_bool(s: &str) -> Result<bool, String> {
@@ -290,6 +333,20 @@ mod tests {
 
         let err = config(&[(ENV_CORES, "0")]).unwrap_err();
         assert_eq!(err.name, ENV_CORES);
+    }
+
+    #[test]
+    fn discovery_needs_a_destination_address() {
+        assert_eq!(config(&[]).unwrap().discovery, None);
+        let c = config(&[(ENV_DESTINATION_SVC_ADDR, "127.0.0.1:8086")]).unwrap();
+        let d = c.discovery.unwrap();
+        assert_eq!(
+            (d.destination_addr.as_str(), d.policy_addr.as_str()),
+            ("127.0.0.1:8086", "127.0.0.1:8086")
+        );
+        assert_eq!(d.idle_timeout, Duration::from_secs(5));
+        let err = config(&[(ENV_DESTINATION_SVC_ADDR, "weft-dst")]).unwrap_err();
+        assert_eq!(err.name, ENV_DESTINATION_SVC_ADDR);
     }
 
     #[test]

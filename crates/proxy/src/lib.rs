@@ -9,6 +9,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod detect;
+pub mod discovery;
 pub mod drain;
 pub mod http;
 pub mod io;

@@ -73,6 +73,8 @@ pub struct HttpLabels {
     pub authority: Arc<str>,
     pub target_addr: SocketAddr,
     pub tls: Tls,
+    /// The chosen endpoint's `dst_*` labels, from discovery.
+    pub dst: Option<Arc<[(String, String)]>>,
 }
 
 #[derive(Copy, Clone, Debug, Hash, PartialEq, Eq)]
@@ -300,7 +302,11 @@ impl EncodeLabelSet for HttpLabels {
         ("direction", self.direction.as_str()).encode(encoder.encode_label())?;
         ("authority", &*self.authority).encode(encoder.encode_label())?;
         ("target_addr", Shown(self.target_addr)).encode(encoder.encode_label())?;
-        encode_tls(self.tls, encoder)
+        encode_tls(self.tls, encoder)?;
+        for (name, value) in self.dst.iter().flat_map(|d| d.iter()) {
+            (name.as_str(), value.as_str()).encode(encoder.encode_label())?;
+        }
+        Ok(())
     }
 }
 
@@ -369,6 +375,7 @@ mod tests {
             authority: "web.default.svc.cluster.local:80".into(),
             target_addr: "10.1.2.3:8080".parse().unwrap(),
             tls: Tls::OUTBOUND_PLAIN,
+            dst: None,
         }
     }
 

@@ -23,6 +23,8 @@ pub enum ProxyError {
     Loop { addr: SocketAddr },
     #[error("the upstream connection failed: {0}")]
     Upstream(String),
+    #[error("{service} has no endpoints")]
+    NoEndpoints { service: String },
 }
 
 impl ProxyError {
@@ -50,6 +52,7 @@ impl ProxyError {
         match self {
             ProxyError::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::NoAuthority => StatusCode::BAD_REQUEST,
+            ProxyError::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -63,6 +66,7 @@ impl ProxyError {
             ProxyError::Resolve { .. } => "resolve",
             ProxyError::Loop { .. } => "loop",
             ProxyError::Upstream(_) => "upstream",
+            ProxyError::NoEndpoints { .. } => "no_endpoints",
         }
     }
 

@@ -12,7 +12,10 @@ use self::{
     client::{Clients, HttpClient, Proto},
     error::ProxyError,
 };
-use crate::metrics::{Direction, HttpLabels, Metrics, RouteMetrics, Tls};
+use crate::{
+    discovery::{Discovery, Resolution, ServiceRoute, TargetKey, balance::InFlight},
+    metrics::{Direction, HttpLabels, Metrics, RouteMetrics, Tls},
+};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header::HOST, uri::Authority};
 use http_body_util::{Either, Full};
@@ -42,6 +45,8 @@ pub struct HttpProxy {
     /// This direction's own listener: a request routed to it would loop.
     pub own_addr: SocketAddr,
     pub drain: crate::drain::Drain,
+    /// The controller's answers, for outbound traffic in ingress mode.
+    pub discovery: Option<Arc<Discovery>>,
 }
 
 /// The service for one accepted connection.
@@ -57,6 +62,9 @@ struct Conn {
     target: Option<SocketAddr>,
     /// The upstream client for `target`, looked up once per connection.
     client: Option<HttpClient>,
+    /// Where `target` is a service: each request goes to an endpoint the
+    /// balancer picks.
+    service: Option<Arc<ServiceRoute>>,
     tls: Tls,
     /// The last route used: most connections speak to one authority.
     route: Mutex<Option<RouteMetrics>>,
@@ -65,10 +73,16 @@ struct Conn {
 // === impl ConnService ===
 
 impl ConnService {
-    pub fn new(proxy: Arc<HttpProxy>, proto: Proto, target: Option<SocketAddr>, tls: Tls) -> Self {
+    pub fn new(
+        proxy: Arc<HttpProxy>,
+        proto: Proto,
+        target: Option<SocketAddr>,
+        service: Option<Arc<ServiceRoute>>,
+        tls: Tls,
+    ) -> Self {
         let target = target.filter(|_| !proxy.ingress_mode);
-        let client = target.map(|t| proxy.clients.get(t, proto));
-        Self { inner: Arc::new(Conn { proxy, proto, target, client, tls, route: Mutex::new(None) }) }
+        let client = target.filter(|_| service.is_none()).map(|t| proxy.clients.get(t, proto));
+        Self { inner: Arc::new(Conn { proxy, proto, target, client, service, tls, route: Mutex::new(None) }) }
     }
 }
 
@@ -97,14 +111,11 @@ impl Conn {
                 None => return self.fail(None, ProxyError::NoAuthority, grpc),
             },
         };
-        let (target, client) = match (self.target, &self.client) {
-            (Some(t), Some(c)) => (t, c.clone()),
-            _ => match resolve(&authority).await {
-                Ok(t) => (t, self.proxy.clients.get(t, self.proto)),
-                Err(e) => return self.fail(None, e, grpc),
-            },
+        let (target, client, picked) = match self.endpoint(&authority).await {
+            Ok(endpoint) => endpoint,
+            Err(e) => return self.fail(None, e, grpc),
         };
-        let route = self.route(&authority, target);
+        let route = self.route(&authority, target, picked.as_ref().map(|p| p.labels()));
         route.request();
         if is_same_listener(self.proxy.own_addr, target) {
             return self.fail(Some(&route), ProxyError::Loop { addr: target }, grpc);
@@ -129,6 +140,9 @@ impl Conn {
         };
         let status = rsp.status();
         route.response_headers(status.as_u16(), started);
+        if let Some(picked) = picked {
+            picked.responded();
+        }
 
         let switched = status == StatusCode::SWITCHING_PROTOCOLS || (upgrading && status.is_success());
         if let (Some(downstream), true) = (downstream_upgrade, switched) {
@@ -141,11 +155,51 @@ impl Conn {
         rsp.map(|body| Either::Left(ObservedBody::new(body, recorder)))
     }
 
-    fn route(&self, authority: &Authority, target: SocketAddr) -> RouteMetrics {
+    /// Where this request goes: an endpoint of the connection's service
+    /// (balanced per request), the connection's original destination, or
+    /// (ingress mode, or no original destination) what the authority names.
+    async fn endpoint(
+        &self,
+        authority: &Authority,
+    ) -> Result<(SocketAddr, HttpClient, Option<InFlight>), ProxyError> {
+        let service = match (&self.service, self.target, &self.client) {
+            (Some(service), _, _) => Some(service.clone()),
+            (None, Some(t), Some(c)) => return Ok((t, c.clone(), None)),
+            _ => match &self.proxy.discovery {
+                Some(discovery) => match discovery.resolve(TargetKey::Authority(authority.to_string())).await
+                {
+                    Resolution::Service(service) => Some(service),
+                    _ => None,
+                },
+                None => None,
+            },
+        };
+        if let Some(service) = service {
+            let picked = service
+                .balancer
+                .pick_within(service.failfast)
+                .await
+                .ok_or_else(|| ProxyError::NoEndpoints { service: service.name.clone() })?;
+            let addr = picked.addr();
+            return Ok((addr, self.proxy.clients.get(addr, self.proto), Some(picked)));
+        }
+        let t = resolve(authority).await?;
+        Ok((t, self.proxy.clients.get(t, self.proto), None))
+    }
+
+    fn route(
+        &self,
+        authority: &Authority,
+        target: SocketAddr,
+        dst: Option<&Arc<[(String, String)]>>,
+    ) -> RouteMetrics {
         let mut last = self.route.lock().expect("route lock");
         if let Some(route) = last.as_ref() {
             let labels = route.labels();
-            if labels.target_addr == target && *labels.authority == *authority.as_str() {
+            if labels.target_addr == target
+                && *labels.authority == *authority.as_str()
+                && labels.dst.as_ref() == dst
+            {
                 return route.clone();
             }
         }
@@ -153,6 +207,7 @@ impl Conn {
             direction: self.proxy.direction,
             authority: authority.as_str().into(),
             target_addr: target,
+            dst: dst.cloned(),
             tls: self.tls,
         });
         *last = Some(route.clone());

@@ -1,0 +1,295 @@
+//! Outbound discovery: for each target the application connects to, the
+//! controller's outbound policy says whether it is a service and which
+//! endpoints to balance over (`OutboundPolicies/Watch`, then
+//! `Destination/Get`). Answers are cached per target and dropped when a
+//! target has been idle for `LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT`.
+//!
+//! The controller is never on the data path's critical path: while it is
+//! away, targets keep what they last knew, and a target it never answered
+//! for is forwarded to its original destination.
+
+pub mod balance;
+mod proto;
+
+use self::balance::Balancer;
+use linkerd2_proxy_api::{
+    destination::{GetDestination, destination_client::DestinationClient, update},
+    outbound::{TrafficSpec, outbound_policies_client::OutboundPoliciesClient, traffic_spec},
+};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::{Arc, Mutex, Weak},
+    time::{Duration, Instant},
+};
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+/// How long a new connection waits for the controller's first answer about
+/// its target before going to the original destination.
+const FIRST_ANSWER: Duration = Duration::from_secs(1);
+
+pub struct Discovery {
+    policy: OutboundPoliciesClient<Channel>,
+    dst: DestinationClient<Channel>,
+    workload: String,
+    idle_timeout: Duration,
+    targets: Mutex<HashMap<TargetKey, Arc<Target>>>,
+    balancers: Mutex<HashMap<String, Weak<Balancer>>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub enum TargetKey {
+    Addr(SocketAddr),
+    Authority(String),
+}
+
+struct Target {
+    resolution: watch::Receiver<Resolution>,
+    last_used: Mutex<Instant>,
+    task: tokio::task::AbortHandle,
+}
+
+/// What the proxy does with connections to a target.
+#[derive(Clone)]
+pub enum Resolution {
+    /// No answer yet.
+    Pending,
+    /// Not a service (or no answer): the original destination.
+    Forward,
+    Service(Arc<ServiceRoute>),
+}
+
+/// A service's route: where requests go and how.
+pub struct ServiceRoute {
+    /// The discovery name, `name.ns.svc.cluster.local:port`.
+    pub name: String,
+    pub opaque: bool,
+    pub balancer: Arc<Balancer>,
+    /// How long a request may wait for an endpoint before failing.
+    pub failfast: Duration,
+}
+
+/// What a policy says, before it is bound to a balancer.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct PolicySpec {
+    pub name: String,
+    pub opaque: bool,
+    pub failfast: Duration,
+    pub default_rtt: Duration,
+    pub decay: Duration,
+}
+
+// === impl Discovery ===
+
+impl Discovery {
+    /// A discovery client for the controller at `policy_addr` and
+    /// `dst_addr` (`host:port`); connections are made lazily and remade
+    /// with backoff.
+    pub fn new(
+        dst_addr: &str,
+        policy_addr: &str,
+        workload: String,
+        idle_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<Arc<Self>, tonic::transport::Error> {
+        let channel = |addr: &str| -> Result<Channel, tonic::transport::Error> {
+            Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                .connect_timeout(connect_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(3))
+                .connect_lazy())
+        };
+        let discovery = Arc::new(Self {
+            policy: OutboundPoliciesClient::new(channel(policy_addr)?),
+            dst: DestinationClient::new(channel(dst_addr)?),
+            workload,
+            idle_timeout,
+            targets: Mutex::new(HashMap::new()),
+            balancers: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(Self::sweep(Arc::downgrade(&discovery), idle_timeout));
+        Ok(discovery)
+    }
+
+    /// What to do with a connection to `key`: waits (briefly) for the
+    /// controller's first answer about a target it has not seen.
+    pub async fn resolve(self: &Arc<Self>, key: TargetKey) -> Resolution {
+        let mut rx = {
+            let mut targets = self.targets.lock().expect("targets lock");
+            let target = targets.entry(key.clone()).or_insert_with(|| self.watch_target(key));
+            *target.last_used.lock().expect("last_used lock") = Instant::now();
+            target.resolution.clone()
+        };
+        let answered =
+            tokio::time::timeout(FIRST_ANSWER, rx.wait_for(|r| !matches!(r, Resolution::Pending))).await;
+        match answered {
+            Ok(Ok(resolution)) => resolution.clone(),
+            _ => Resolution::Forward,
+        }
+    }
+
+    fn watch_target(self: &Arc<Self>, key: TargetKey) -> Arc<Target> {
+        let (tx, rx) = watch::channel(Resolution::Pending);
+        let this = self.clone();
+        let task = tokio::spawn(async move { this.policy_loop(key, tx).await }).abort_handle();
+        Arc::new(Target { resolution: rx, last_used: Mutex::new(Instant::now()), task })
+    }
+
+    async fn policy_loop(self: Arc<Self>, key: TargetKey, tx: watch::Sender<Resolution>) {
+        let target = match &key {
+            TargetKey::Addr(addr) => traffic_spec::Target::Addr((*addr).into()),
+            TargetKey::Authority(a) => traffic_spec::Target::Authority(a.clone()),
+        };
+        let spec = TrafficSpec { source_workload: self.workload.clone(), target: Some(target) };
+        let mut backoff = Backoff::default();
+        loop {
+            let mut client = self.policy.clone();
+            match client.watch(spec.clone()).await {
+                Ok(rsp) => {
+                    let mut stream = rsp.into_inner();
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(policy)) => {
+                                backoff.reset();
+                                let resolution = match proto::policy_spec(policy) {
+                                    Ok(spec) => Resolution::Service(self.route(spec)),
+                                    Err(error) => {
+                                        tracing::warn!(?key, %error, "unusable outbound policy; forwarding");
+                                        Resolution::Forward
+                                    }
+                                };
+                                tx.send_replace(resolution);
+                            }
+                            Ok(None) => break,
+                            Err(status) => {
+                                tracing::debug!(?key, %status, "outbound policy stream ended");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(status) if status.code() == tonic::Code::NotFound => {
+                    tx.send_replace(Resolution::Forward);
+                    return;
+                }
+                Err(status) => {
+                    tracing::debug!(?key, %status, "outbound policy unavailable; keeping what is known");
+                    // Never block traffic on the controller.
+                    tx.send_if_modified(|r| {
+                        let pending = matches!(r, Resolution::Pending);
+                        if pending {
+                            *r = Resolution::Forward;
+                        }
+                        pending
+                    });
+                }
+            }
+            backoff.wait().await;
+        }
+    }
+
+    /// The route for a policy, sharing one balancer per discovery name.
+    fn route(self: &Arc<Self>, spec: PolicySpec) -> Arc<ServiceRoute> {
+        let balancer = {
+            let mut balancers = self.balancers.lock().expect("balancers lock");
+            balancers.retain(|_, b| b.strong_count() > 0);
+            match balancers.get(&spec.name).and_then(Weak::upgrade) {
+                Some(b) => b,
+                None => {
+                    let b = Arc::new(Balancer::new(spec.default_rtt, spec.decay));
+                    balancers.insert(spec.name.clone(), Arc::downgrade(&b));
+                    tokio::spawn(self.clone().endpoints_loop(spec.name.clone(), Arc::downgrade(&b)));
+                    b
+                }
+            }
+        };
+        Arc::new(ServiceRoute { name: spec.name, opaque: spec.opaque, balancer, failfast: spec.failfast })
+    }
+
+    /// Keeps a balancer's endpoints current until no one uses it.
+    async fn endpoints_loop(self: Arc<Self>, name: String, balancer: Weak<Balancer>) {
+        let req = GetDestination { scheme: "k8s".into(), path: name.clone(), context_token: String::new() };
+        let mut backoff = Backoff::default();
+        let mut endpoints: BTreeMap<SocketAddr, balance::DstLabels> = BTreeMap::new();
+        while balancer.strong_count() > 0 {
+            let mut client = self.dst.clone();
+            if let Ok(rsp) = client.get(req.clone()).await {
+                let mut stream = rsp.into_inner();
+                let mut fresh = true;
+                loop {
+                    let next = tokio::select! {
+                        next = stream.message() => next,
+                        // Notice when the balancer is dropped even if the
+                        // endpoints never change.
+                        () = tokio::time::sleep(Duration::from_secs(5)) => {
+                            if balancer.strong_count() == 0 { return }
+                            continue;
+                        }
+                    };
+                    let Ok(Some(update)) = next else { break };
+                    backoff.reset();
+                    if std::mem::take(&mut fresh) {
+                        // A new stream starts from the whole set.
+                        endpoints.clear();
+                    }
+                    match update.update {
+                        Some(update::Update::Add(set)) => {
+                            for (addr, labels) in proto::endpoints(set) {
+                                endpoints.insert(addr, labels);
+                            }
+                        }
+                        Some(update::Update::Remove(set)) => {
+                            for addr in set.addrs.into_iter().filter_map(|a| SocketAddr::try_from(a).ok()) {
+                                endpoints.remove(&addr);
+                            }
+                        }
+                        Some(update::Update::NoEndpoints(_)) => endpoints.clear(),
+                        None => continue,
+                    }
+                    let Some(balancer) = balancer.upgrade() else { return };
+                    tracing::debug!(%name, endpoints = endpoints.len(), "endpoints updated");
+                    balancer.update(endpoints.iter().map(|(a, l)| (*a, l.clone())).collect());
+                }
+            }
+            // The controller went away: keep the endpoints, retry.
+            backoff.wait().await;
+        }
+    }
+
+    /// Drops targets no connection has asked about for the idle timeout.
+    async fn sweep(this: Weak<Self>, idle: Duration) {
+        let mut tick = tokio::time::interval((idle / 2).max(Duration::from_millis(500)));
+        loop {
+            tick.tick().await;
+            let Some(this) = this.upgrade() else { return };
+            let mut targets = this.targets.lock().expect("targets lock");
+            targets.retain(|_, t| {
+                let keep = t.last_used.lock().map(|l| l.elapsed() < this.idle_timeout).unwrap_or(true);
+                if !keep {
+                    t.task.abort();
+                }
+                keep
+            });
+        }
+    }
+}
+
+/// Exponential backoff with jitter, 100 ms to 5 s.
+#[derive(Default)]
+struct Backoff(u32);
+
+impl Backoff {
+    fn reset(&mut self) {
+        self.0 = 0;
+    }
+
+    async fn wait(&mut self) {
+        let base = Duration::from_millis(100) * 2u32.pow(self.0.min(6));
+        let base = base.min(Duration::from_secs(5));
+        let jitter = Duration::from_millis(u64::from(std::process::id() % 50));
+        self.0 += 1;
+        tokio::time::sleep(base + jitter).await;
+    }
+}
