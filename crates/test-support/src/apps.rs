@@ -32,6 +32,8 @@ pub struct HttpStats {
     pub release: Notify,
     /// Notified when a `/slow` request arrives.
     pub slow_arrived: Notify,
+    /// Added to every answer, in milliseconds (a slow endpoint).
+    pub delay_ms: std::sync::atomic::AtomicU64,
 }
 
 /// Serves HTTP/1 and HTTP/2 (prior knowledge) on `listener`:
@@ -64,6 +66,10 @@ pub fn http(listener: TcpListener) -> (Arc<HttpStats>, impl Future<Output = ()>)
 
 async fn handle(stats: Arc<HttpStats>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     stats.requests.fetch_add(1, Ordering::SeqCst);
+    let delay = stats.delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     if req.method() == http::Method::CONNECT {
         // A forward proxy's tunnel: answer 200, then echo what comes.
         tokio::spawn(async move {

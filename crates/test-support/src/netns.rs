@@ -119,21 +119,20 @@ impl Net {
         if let Err(e) = setup() {
             panic!("setting up pod {name} ({ns}) failed: {e}");
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name(format!("pod-{name}"))
-            .on_thread_start(move || enter(&ns).expect("entering the pod's network namespace"))
-            .enable_all()
-            .build()
-            .expect("a runtime for the pod");
-        pod.runtime = Some(runtime);
+        pod.runtime = Some(pod.new_runtime());
         pod
     }
 
     /// An address in this network's subnet that no pod has.
     pub fn unused_ip(&self) -> Ipv4Addr {
+        self.address(250)
+    }
+
+    /// An address in this network's subnet (pods have .10 and up; .200
+    /// and up are free for services' cluster IPs).
+    pub fn address(&self, host: u8) -> Ipv4Addr {
         let [a, b, c] = self.inner.subnet;
-        Ipv4Addr::new(a, b, c, 250)
+        Ipv4Addr::new(a, b, c, host)
     }
 }
 
@@ -157,6 +156,19 @@ impl Pod {
     /// The namespace's name, for `ip netns exec`.
     pub fn netns(&self) -> &str {
         &self.ns
+    }
+
+    /// A runtime of its own whose threads live in the pod: what runs on it
+    /// stops, sockets and all, when it is dropped (a process, killed).
+    pub fn new_runtime(&self) -> tokio::runtime::Runtime {
+        let ns = self.ns.clone();
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(format!("pod-{}", self.name))
+            .on_thread_start(move || enter(&ns).expect("entering the pod's network namespace"))
+            .enable_all()
+            .build()
+            .expect("a runtime for the pod")
     }
 
     fn runtime(&self) -> &tokio::runtime::Runtime {
