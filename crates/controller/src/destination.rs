@@ -35,16 +35,22 @@ impl Destination for DestinationService {
         let mut rx = crate::lock(&self.index).watch_endpoints(sp.clone());
         let (tx, out) = mpsc::channel(8);
         let gauge = self.metrics.watch("destination");
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             let _gauge = gauge;
             let mut last = Arc::new(EndpointSet::default());
             let mut first = true;
             loop {
                 let next = rx.borrow_and_update().clone();
-                for update in diff(&sp, &last, &next, first) {
+                let updates = diff(&sp, &last, &next, first);
+                let sent = !updates.is_empty();
+                for update in updates {
                     if tx.send(Ok(update)).await.is_err() {
                         return; // the proxy went away
                     }
+                }
+                if let (true, Some(at)) = (sent, next.changed_at) {
+                    metrics.update_sent(at.elapsed());
                 }
                 first = false;
                 last = next;
@@ -189,7 +195,7 @@ mod tests {
                 (addr, ep)
             })
             .collect();
-        EndpointSet { exists: true, endpoints }
+        EndpointSet { exists: true, endpoints, changed_at: None }
     }
 
     fn sp() -> ServicePort {
@@ -216,7 +222,7 @@ mod tests {
         let swapped = set(&["10.0.0.2:80", "10.0.0.3:80"]);
         assert_eq!(kinds(&diff(&sp(), &two, &swapped, false)), ["remove 1", "add 1"]);
         assert_eq!(kinds(&diff(&sp(), &swapped, &swapped, false)), Vec::<String>::new());
-        let gone = EndpointSet { exists: true, endpoints: Default::default() };
+        let gone = EndpointSet { exists: true, ..Default::default() };
         assert_eq!(kinds(&diff(&sp(), &swapped, &gone, false)), ["none exists=true"]);
     }
 

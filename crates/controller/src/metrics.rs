@@ -3,7 +3,7 @@
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{family::Family, gauge::Gauge},
+    metrics::{family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 use std::sync::Arc;
@@ -23,6 +23,7 @@ pub struct Metrics {
     registry: Registry,
     watches: Family<ApiLabels, Gauge>,
     resources: Family<KindLabels, Gauge>,
+    update_latency: Histogram,
 }
 
 /// An open watch: counted while it lives.
@@ -41,13 +42,23 @@ impl Metrics {
         let resources = Family::default();
         registry.register("watches", "Open streams to proxies, by API", watches.clone());
         registry.register("index_resources", "Resources in the index, by kind", resources.clone());
-        Arc::new(Self { registry, watches, resources })
+        let update_latency = Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]);
+        registry.register(
+            "endpoint_update_latency_seconds",
+            "From the index publishing a change of endpoints to the update being sent to a proxy",
+            update_latency.clone(),
+        );
+        Arc::new(Self { registry, watches, resources, update_latency })
     }
 
     pub(crate) fn watch(&self, api: &'static str) -> WatchGauge {
         let gauge = self.watches.get_or_create_owned(&ApiLabels { api });
         gauge.inc();
         WatchGauge(gauge)
+    }
+
+    pub(crate) fn update_sent(&self, latency: std::time::Duration) {
+        self.update_latency.observe(latency.as_secs_f64());
     }
 
     pub fn encode(&self, index: &SharedIndex) -> String {

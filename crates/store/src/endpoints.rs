@@ -20,12 +20,23 @@ pub struct ServicePort {
     pub port: u16,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct EndpointSet {
     /// Whether the service exists at all (proxies fail fast when not).
     pub exists: bool,
     pub endpoints: BTreeMap<SocketAddr, Endpoint>,
+    /// When the index published this set (for the update-latency metric;
+    /// not part of what the set is).
+    pub changed_at: Option<std::time::Instant>,
 }
+
+impl PartialEq for EndpointSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.exists == other.exists && self.endpoints == other.endpoints
+    }
+}
+
+impl Eq for EndpointSet {}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
@@ -59,7 +70,7 @@ pub(crate) fn compute(index: &Index, objects: &Objects, sp: &ServicePort) -> End
     let Some(svc) = objects.service(&sp.namespace, &sp.name) else {
         return EndpointSet::default();
     };
-    let mut set = EndpointSet { exists: true, endpoints: BTreeMap::new() };
+    let mut set = EndpointSet { exists: true, ..EndpointSet::default() };
     let Some(port) =
         svc.spec.iter().flat_map(|s| s.ports.iter().flatten()).find(|p| p.port == sp.port as i32)
     else {
@@ -212,6 +223,23 @@ impl Index {
             }
         }
         endpoint
+    }
+}
+
+/// Whether an Endpoints or EndpointSlice names this pod in a targetRef.
+pub(crate) fn refers_to_pod(resource: &Resource, pod: &str) -> bool {
+    let is_pod = |r: &k8s_openapi::api::core::v1::ObjectReference| {
+        r.kind.as_deref() == Some("Pod") && r.name.as_deref() == Some(pod)
+    };
+    match resource {
+        Resource::EndpointSlice(s) => s.endpoints.iter().any(|e| e.target_ref.as_ref().is_some_and(is_pod)),
+        Resource::Endpoints(e) => e
+            .subsets
+            .iter()
+            .flatten()
+            .flat_map(|s| s.addresses.iter().flatten())
+            .any(|a| a.target_ref.as_ref().is_some_and(is_pod)),
+        _ => false,
     }
 }
 

@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
+    time::Instant,
 };
 use tokio::sync::watch;
 
@@ -102,8 +103,11 @@ impl Index {
     /// Puts the winning definition of each touched key in effect, then
     /// republishes what depends on the namespaces they are in.
     fn settle(&mut self, touched: BTreeSet<Key>) {
-        let mut namespaces = BTreeSet::new();
+        let mut affected = Affected::default();
         for key in touched {
+            if let Some(old) = self.objects.get(key.kind, &key.namespace, &key.name) {
+                affected.add(&self.objects, old);
+            }
             let winner = self.key_sources.get(&key).and_then(|sources| {
                 sources
                     .iter()
@@ -114,22 +118,27 @@ impl Index {
             if self.key_sources.get(&key).is_some_and(BTreeSet::is_empty) {
                 self.key_sources.remove(&key);
             }
+            if let Some(new) = winner {
+                affected.add(&self.objects, new);
+            }
             let slot = (key.namespace.clone(), key.name.clone());
             match winner {
                 Some(r) => self.objects.0.entry(key.kind).or_default().insert(slot, r.clone()),
                 None => self.objects.0.get_mut(&key.kind).and_then(|m| m.remove(&slot)),
             };
-            namespaces.insert(key.namespace);
         }
-        self.publish(&namespaces);
+        self.publish(&affected);
     }
 
-    fn publish(&mut self, namespaces: &BTreeSet<String>) {
+    /// Recomputes the watched service ports a change can have affected.
+    fn publish(&mut self, affected: &Affected) {
         self.endpoint_watches.retain(|_, tx| tx.receiver_count() > 0);
         let watched: Vec<ServicePort> =
-            self.endpoint_watches.keys().filter(|sp| namespaces.contains(&sp.namespace)).cloned().collect();
+            self.endpoint_watches.keys().filter(|sp| affected.reaches(&self.objects, sp)).cloned().collect();
+        let now = Instant::now();
         for sp in watched {
-            let set = endpoints::compute(self, &self.objects, &sp);
+            let mut set = endpoints::compute(self, &self.objects, &sp);
+            set.changed_at = Some(now);
             self.endpoint_watches[&sp].send_if_modified(|current| {
                 if **current == set {
                     return false;
@@ -171,6 +180,72 @@ impl Index {
 
     pub fn watch_count(&self) -> usize {
         self.endpoint_watches.values().map(|tx| tx.receiver_count()).sum()
+    }
+}
+
+/// What a change can affect: named services, and services whose selector
+/// picks (or picked) a workload with these labels.
+#[derive(Default)]
+struct Affected {
+    services: BTreeSet<(String, String)>,
+    workloads: Vec<(String, BTreeMap<String, String>)>,
+}
+
+impl Affected {
+    fn add(&mut self, objects: &Objects, resource: &Resource) {
+        let meta = resource.metadata();
+        let ns = meta.namespace.clone().unwrap_or_default();
+        let name = meta.name.clone().unwrap_or_default();
+        match resource {
+            Resource::Service(_) | Resource::Endpoints(_) => {
+                self.services.insert((ns, name));
+            }
+            Resource::EndpointSlice(slice) => {
+                if let Some(svc) =
+                    slice.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name"))
+                {
+                    self.services.insert((ns, svc.clone()));
+                }
+            }
+            Resource::Pod(_) | Resource::ExternalWorkload(_) => {
+                // Endpoints and slices name pods for their identities.
+                for r in objects
+                    .in_namespace(Kind::EndpointSlice, &ns)
+                    .chain(objects.in_namespace(Kind::Endpoints, &ns))
+                {
+                    if endpoints::refers_to_pod(r, &name) {
+                        let svc = match r {
+                            Resource::EndpointSlice(s) => s
+                                .metadata
+                                .labels
+                                .as_ref()
+                                .and_then(|l| l.get("kubernetes.io/service-name"))
+                                .cloned(),
+                            other => other.metadata().name.clone(),
+                        };
+                        self.services.extend(svc.map(|svc| (ns.clone(), svc)));
+                    }
+                }
+                self.workloads.push((ns, meta.labels.clone().unwrap_or_default()));
+            }
+            _ => {}
+        }
+    }
+
+    fn reaches(&self, objects: &Objects, sp: &ServicePort) -> bool {
+        if self.services.contains(&(sp.namespace.clone(), sp.name.clone())) {
+            return true;
+        }
+        let Some(selector) =
+            objects.service(&sp.namespace, &sp.name).and_then(|s| s.spec.as_ref()?.selector.as_ref())
+        else {
+            return false;
+        };
+        self.workloads.iter().any(|(ns, labels)| {
+            *ns == sp.namespace
+                && !selector.is_empty()
+                && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+        })
     }
 }
 

@@ -165,3 +165,25 @@ fn names_and_cluster_ips_resolve_to_services() {
     assert_eq!(index.resolve("nope.shop.svc.cluster.local", 80), None);
     assert_eq!(index.resolve("10.96.0.11", 80), None);
 }
+
+#[test]
+fn a_change_republishes_only_the_services_it_reaches() {
+    let other = "apiVersion: v1\nkind: Service\nmetadata: { name: api, namespace: shop }\nspec:\n  selector: { app: api }\n  ports: [{ port: 80 }]\n";
+    let mut index = Index::new(Config::default());
+    index.replace_source("svc.yaml", parse(&(SERVICE.to_string() + "---\n" + other)));
+    let mut web = index.watch_endpoints(sp(80));
+    let mut api =
+        index.watch_endpoints(ServicePort { namespace: "shop".into(), name: "api".into(), port: 80 });
+    web.borrow_and_update();
+    api.borrow_and_update();
+    index.replace_source("pods.yaml", parse(&pod("web-1", "10.1.0.1", false)));
+    assert!(web.has_changed().unwrap());
+    assert!(!api.has_changed().unwrap(), "api changed for a pod it does not select");
+    // Relabelled from web to api: both hear of it.
+    web.borrow_and_update();
+    index
+        .replace_source("pods.yaml", parse(&pod("web-1", "10.1.0.1", false).replace("app: web", "app: api")));
+    assert!(web.has_changed().unwrap() && api.has_changed().unwrap());
+    assert!(web.borrow_and_update().endpoints.is_empty());
+    assert_eq!(addrs(&api.borrow_and_update()), ["10.1.0.1:80"]);
+}
