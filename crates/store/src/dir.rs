@@ -19,7 +19,7 @@ pub type SharedIndex = Arc<Mutex<Index>>;
 const RESCAN: Duration = Duration::from_secs(2);
 /// Events within this window are handled with one rescan (an editor's save
 /// is several events).
-const SETTLE: Duration = Duration::from_millis(50);
+const SETTLE: Duration = Duration::from_millis(25);
 
 pub struct DirSource {
     dir: PathBuf,
