@@ -33,11 +33,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    if args.store == "kubernetes" {
-        bail!("--store kubernetes is not built yet; use a directory of YAML manifests (--store DIR)");
-    }
+    let kubernetes = args.store == "kubernetes";
     let dir = PathBuf::from(&args.store);
-    if !dir.is_dir() {
+    if !kubernetes && !dir.is_dir() {
         bail!(
             "--store {}: not a directory (give a directory of YAML manifests, or `kubernetes`)",
             dir.display()
@@ -47,7 +45,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let config = Config { cluster_domain: args.cluster_domain, trust_domain: args.trust_domain };
         let index = Arc::new(std::sync::Mutex::new(Index::new(config)));
-        let watcher = DirSource::new(&dir).watch(index.clone()).context("loading the store")?;
+        let watcher = if kubernetes {
+            // In a pod, the service account's credentials; elsewhere, the
+            // kubeconfig, as kubectl finds it.
+            let client = kube::Client::try_default().await.context(
+                "connecting to the Kubernetes API (in-cluster config, or KUBECONFIG / ~/.kube/config)",
+            )?;
+            tokio::spawn(weft_store::kube::run(client, index.clone()))
+        } else {
+            DirSource::new(&dir).watch(index.clone()).context("loading the store")?
+        };
         let metrics = weft_controller::Metrics::new();
         let grpc = tokio::net::TcpListener::bind(args.grpc_addr)
             .await

@@ -6,6 +6,7 @@
 pub mod dir;
 pub mod endpoints;
 pub mod index;
+pub mod kube;
 pub mod resource;
 
 pub use dir::{DirSource, SharedIndex};

@@ -281,7 +281,7 @@ impl Resource {
     }
 
     /// What the types alone do not check.
-    fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         match self {
             Resource::Service(svc) => {
                 for port in svc.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
