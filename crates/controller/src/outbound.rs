@@ -40,19 +40,47 @@ impl OutboundPolicies for OutboundService {
     type WatchStream = Pin<Box<dyn Stream<Item = Result<OutboundPolicy, Status>> + Send>>;
 
     async fn get(&self, req: Request<TrafficSpec>) -> Result<Response<OutboundPolicy>, Status> {
-        Ok(Response::new(self.policy(req.into_inner())?))
+        let sp = self.target(req.into_inner())?;
+        Ok(Response::new(compute(&crate::lock(&self.index), &sp)?))
     }
 
     async fn watch(&self, req: Request<TrafficSpec>) -> Result<Response<Self::WatchStream>, Status> {
-        let policy = self.policy(req.into_inner())?;
+        let sp = self.target(req.into_inner())?;
+        let (mut changes, first) = {
+            let index = crate::lock(&self.index);
+            (index.changes(), compute(&index, &sp)?)
+        };
         let (tx, out) = mpsc::channel(1);
         let gauge = self.metrics.watch("outbound_policy");
+        let index = self.index.clone();
         tokio::spawn(async move {
             let _gauge = gauge;
-            if tx.send(Ok(policy)).await.is_ok() {
-                // Default policies change only with routes (a later issue);
-                // the stream stays open as the proxy expects.
-                tx.closed().await;
+            let mut last = first;
+            if tx.send(Ok(last.clone())).await.is_err() {
+                return;
+            }
+            // Recompute on every change of the index; send what differs
+            // (routes added or edited, the service made opaque, ...).
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                }
+                let next = compute(&crate::lock(&index), &sp);
+                match next {
+                    Ok(policy) if policy == last => continue,
+                    Ok(policy) => {
+                        last = policy;
+                        if tx.send(Ok(last.clone())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(status) => {
+                        // The service went away.
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(out))))
@@ -60,7 +88,7 @@ impl OutboundPolicies for OutboundService {
 }
 
 impl OutboundService {
-    fn policy(&self, spec: TrafficSpec) -> Result<OutboundPolicy, Status> {
+    fn target(&self, spec: TrafficSpec) -> Result<ServicePort, Status> {
         let target = match spec.target {
             Some(traffic_spec::Target::Addr(addr)) => {
                 let addr = std::net::SocketAddr::try_from(addr)
@@ -71,15 +99,66 @@ impl OutboundService {
             None => return Err(Status::invalid_argument("the traffic spec names no target")),
         };
         // NOT_FOUND tells the proxy to forward to the original destination.
-        let Target::Service(sp) = crate::parse_target(&self.index, &target)? else {
-            return Err(Status::not_found(format!("{target} is not a known service")));
-        };
-        let index = crate::lock(&self.index);
-        let Some(svc) = index.service(&sp.namespace, &sp.name) else {
-            return Err(Status::not_found(format!("service {}/{} does not exist", sp.namespace, sp.name)));
-        };
-        let opaque = opaque_ports(svc.metadata.annotations.as_ref()).contains(&sp.port);
-        Ok(default_policy(&sp, &index.config().cluster_domain, opaque))
+        match crate::parse_target(&self.index, &target)? {
+            Target::Service(sp) => Ok(sp),
+            Target::Other => Err(Status::not_found(format!("{target} is not a known service"))),
+        }
+    }
+}
+
+/// The policy for a service port: its GRPCRoutes, else its HTTPRoutes,
+/// else a default route to the service itself; opaque ports get the
+/// default opaque route.
+fn compute(index: &weft_store::Index, sp: &ServicePort) -> Result<OutboundPolicy, Status> {
+    let Some(svc) = index.service(&sp.namespace, &sp.name) else {
+        return Err(Status::not_found(format!("service {}/{} does not exist", sp.namespace, sp.name)));
+    };
+    let domain = &index.config().cluster_domain;
+    let opaque = opaque_ports(svc.metadata.annotations.as_ref()).contains(&sp.port);
+    let mut policy = default_policy(sp, domain, opaque);
+    if opaque {
+        return Ok(policy);
+    }
+    let grpc = crate::routes::grpc_routes(index, sp);
+    if !grpc.is_empty() {
+        policy.protocol = Some(ProxyProtocol {
+            kind: Some(proxy_protocol::Kind::Grpc(proxy_protocol::Grpc {
+                routes: grpc,
+                failure_accrual: None,
+            })),
+        });
+        return Ok(policy);
+    }
+    let http = crate::routes::http_routes(index, sp);
+    if !http.is_empty() {
+        if let Some(ProxyProtocol { kind: Some(proxy_protocol::Kind::Detect(detect)) }) =
+            policy.protocol.as_mut()
+        {
+            detect.http1 = Some(proxy_protocol::Http1 { routes: http.clone(), failure_accrual: None });
+            detect.http2 = Some(proxy_protocol::Http2 { routes: http, failure_accrual: None });
+        }
+    }
+    Ok(policy)
+}
+
+/// A service port as a backend: balanced over its endpoints.
+pub(crate) fn backend_for(sp: &ServicePort, cluster_domain: &str) -> Backend {
+    Backend {
+        metadata: Some(service_metadata(sp)),
+        queue: Some(Queue { capacity: QUEUE_CAPACITY, failfast_timeout: duration(FAILFAST_TIMEOUT) }),
+        kind: Some(backend::Kind::Balancer(backend::BalanceP2c {
+            discovery: Some(backend::EndpointDiscovery {
+                kind: Some(backend::endpoint_discovery::Kind::Dst(
+                    backend::endpoint_discovery::DestinationGet {
+                        path: format!("{}.{}.svc.{cluster_domain}:{}", sp.name, sp.namespace, sp.port),
+                    },
+                )),
+            }),
+            load: Some(backend::balance_p2c::Load::PeakEwma(backend::balance_p2c::PeakEwma {
+                default_rtt: duration(DEFAULT_RTT),
+                decay: duration(EWMA_DECAY),
+            })),
+        })),
     }
 }
 
@@ -106,23 +185,7 @@ fn default_metadata(name: &str) -> Metadata {
 
 /// One route to the service itself, balanced over its endpoints.
 pub fn default_policy(sp: &ServicePort, cluster_domain: &str, opaque: bool) -> OutboundPolicy {
-    let backend = Backend {
-        metadata: Some(service_metadata(sp)),
-        queue: Some(Queue { capacity: QUEUE_CAPACITY, failfast_timeout: duration(FAILFAST_TIMEOUT) }),
-        kind: Some(backend::Kind::Balancer(backend::BalanceP2c {
-            discovery: Some(backend::EndpointDiscovery {
-                kind: Some(backend::endpoint_discovery::Kind::Dst(
-                    backend::endpoint_discovery::DestinationGet {
-                        path: format!("{}.{}.svc.{cluster_domain}:{}", sp.name, sp.namespace, sp.port),
-                    },
-                )),
-            }),
-            load: Some(backend::balance_p2c::Load::PeakEwma(backend::balance_p2c::PeakEwma {
-                default_rtt: duration(DEFAULT_RTT),
-                decay: duration(EWMA_DECAY),
-            })),
-        })),
-    };
+    let backend = backend_for(sp, cluster_domain);
 
     let opaque_route = OpaqueRoute {
         metadata: Some(default_metadata("opaq")),

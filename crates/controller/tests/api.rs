@@ -126,3 +126,51 @@ async fn profiles_name_the_service() {
     assert_eq!(profile.fully_qualified_name, "web.shop.svc.cluster.local");
     assert!(!profile.opaque_protocol);
 }
+
+#[tokio::test]
+async fn routes_attached_to_a_service_reach_a_watching_proxy() {
+    use linkerd2_proxy_api::outbound::{http_route, proxy_protocol};
+    let fx = start("routes").await;
+    let mut client = OutboundPoliciesClient::new(fx.channel.clone());
+    let spec = TrafficSpec {
+        source_workload: String::new(),
+        target: Some(traffic_spec::Target::Authority("web.shop.svc.cluster.local:80".into())),
+    };
+    let mut watch = client.watch(spec).await.unwrap().into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    let Some(proxy_protocol::Kind::Detect(detect)) = first.protocol.unwrap().kind else {
+        panic!("not detect")
+    };
+    assert_eq!(detect.http1.unwrap().routes[0].rules.len(), 1, "the default route");
+
+    // A canary split, written while the proxy watches.
+    let route = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: web-split, namespace: shop }
+spec:
+  parentRefs: [{ group: core, kind: Service, name: web, port: 80 }]
+  rules:
+  - matches: [{ path: { type: PathPrefix, value: /api }, method: GET }]
+    backendRefs: [{ name: web, port: 80, weight: 90 }, { name: web-canary, port: 80, weight: 10 }]
+"#;
+    std::fs::write(fx.dir.join("route.yaml"), route).unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .expect("no update")
+        .unwrap()
+        .unwrap();
+    let Some(proxy_protocol::Kind::Detect(detect)) = next.protocol.unwrap().kind else {
+        panic!("not detect")
+    };
+    let route = &detect.http1.unwrap().routes[0];
+    let rule = &route.rules[0];
+    assert!(rule.matches[0].method.is_some());
+    let Some(http_route::distribution::Kind::RandomAvailable(split)) =
+        rule.backends.as_ref().unwrap().kind.as_ref()
+    else {
+        panic!("not a weighted split")
+    };
+    let weights: Vec<u32> = split.backends.iter().map(|b| b.weight).collect();
+    assert_eq!(weights, [90, 10]);
+}

@@ -40,6 +40,9 @@ pub struct Index {
     key_sources: HashMap<Key, BTreeSet<String>>,
     seq: u64,
     endpoint_watches: HashMap<ServicePort, watch::Sender<Arc<EndpointSet>>>,
+    /// Bumped on every change, for what is derived from more than
+    /// endpoints (outbound policies with their routes).
+    changes: watch::Sender<u64>,
 }
 
 /// The resources in effect, by kind, then namespace and name.
@@ -57,6 +60,7 @@ impl Index {
             key_sources: HashMap::new(),
             seq: 0,
             endpoint_watches: HashMap::new(),
+            changes: watch::channel(0).0,
         }
     }
 
@@ -128,6 +132,21 @@ impl Index {
             };
         }
         self.publish(&affected);
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Ticks on every change of the index.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The resources of a kind in a namespace.
+    pub fn in_namespace<'a>(
+        &'a self,
+        kind: Kind,
+        namespace: &str,
+    ) -> impl Iterator<Item = &'a Resource> + 'a {
+        self.objects.in_namespace(kind, namespace)
     }
 
     /// Recomputes the watched service ports a change can have affected.
