@@ -13,7 +13,7 @@ use std::{collections::HashMap, pin::Pin, sync::Arc};
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
-use weft_store::{Endpoint, EndpointSet, ServicePort, SharedIndex, TlsId, endpoints::opaque_ports};
+use weft_store::{Endpoint, EndpointSet, ServicePort, SharedIndex, TlsId};
 
 pub struct DestinationService {
     pub(crate) index: SharedIndex,
@@ -68,31 +68,34 @@ impl Destination for DestinationService {
         req: Request<GetDestination>,
     ) -> Result<Response<Self::GetProfileStream>, Status> {
         let path = req.into_inner().path;
-        let profile = match crate::parse_target(&self.index, &path)? {
-            Target::Service(sp) => {
-                let index = crate::lock(&self.index);
-                let domain = &index.config().cluster_domain;
-                let opaque = index
-                    .service(&sp.namespace, &sp.name)
-                    .is_some_and(|svc| opaque_ports(svc.metadata.annotations.as_ref()).contains(&sp.port));
-                DestinationProfile {
-                    fully_qualified_name: format!("{}.{}.svc.{domain}", sp.name, sp.namespace),
-                    opaque_protocol: opaque,
-                    ..Default::default()
-                }
-            }
-            // An address that is no service: the proxy forwards to it as it
-            // is, with the default profile.
-            Target::Other => DestinationProfile::default(),
-        };
+        let target = crate::parse_target(&self.index, &path)?;
         let (tx, out) = mpsc::channel(1);
         let gauge = self.metrics.watch("profile");
+        let index = self.index.clone();
         tokio::spawn(async move {
             let _gauge = gauge;
-            if tx.send(Ok(profile)).await.is_ok() {
-                // Profiles (ServiceProfile routes) are served once for now;
-                // the stream stays open as the proxy expects.
-                tx.closed().await;
+            let Target::Service(sp) = target else {
+                // An address that is no service: the proxy forwards to it
+                // as it is, with the default profile.
+                if tx.send(Ok(DestinationProfile::default())).await.is_ok() {
+                    tx.closed().await;
+                }
+                return;
+            };
+            let mut changes = crate::lock(&index).changes();
+            let mut last = None;
+            loop {
+                let profile = crate::profile::compute(&crate::lock(&index), &sp);
+                if last.as_ref() != Some(&profile) {
+                    if tx.send(Ok(profile.clone())).await.is_err() {
+                        return;
+                    }
+                    last = Some(profile);
+                }
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(out))))

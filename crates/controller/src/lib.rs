@@ -6,6 +6,7 @@ mod admin;
 mod destination;
 mod metrics;
 pub mod outbound;
+mod profile;
 mod routes;
 
 pub use admin::serve_admin;
