@@ -242,7 +242,8 @@ impl Listener {
     }
 
     fn metered(&self, sock: TcpStream, target: SocketAddr, tls: Tls) -> MeteredIo<TcpStream> {
-        let labels = TcpLabels { direction: self.direction, peer: Peer::Src, target_addr: target, tls };
+        let labels =
+            TcpLabels { direction: self.direction, peer: Peer::Src, target_addr: target, tls, dst: None };
         MeteredIo::new(sock, self.metrics.tcp(labels))
     }
 
@@ -257,14 +258,15 @@ impl Listener {
     ) {
         let timeout = self.config.connect_timeout;
         let Some(service) = service else {
-            return tcp::forward(io, target, timeout, self.direction, tls, &self.metrics).await;
+            return tcp::forward(io, target, timeout, self.direction, tls, None, &self.metrics).await;
         };
         let Some(picked) = service.balancer.pick_within(service.failfast).await else {
             tracing::info!(service = %service.name, "no endpoints; closing the connection");
             return;
         };
         // `picked` counts the connection as in flight at its endpoint.
-        tcp::forward(io, picked.addr(), timeout, self.direction, tls, &self.metrics).await;
+        let dst = Some(picked.labels().clone());
+        tcp::forward(io, picked.addr(), timeout, self.direction, tls, dst, &self.metrics).await;
         drop(picked);
     }
 

@@ -105,6 +105,8 @@ pub struct TcpLabels {
     pub peer: Peer,
     pub target_addr: SocketAddr,
     pub tls: Tls,
+    /// The endpoint's `dst_*` labels, where discovery chose it.
+    pub dst: Option<Arc<[(String, String)]>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -353,7 +355,11 @@ impl EncodeLabelSet for TcpLabels {
         };
         ("peer", peer).encode(encoder.encode_label())?;
         ("target_addr", Shown(self.target_addr)).encode(encoder.encode_label())?;
-        encode_tls(self.tls, encoder)
+        encode_tls(self.tls, encoder)?;
+        for (name, value) in self.dst.iter().flat_map(|d| d.iter()) {
+            (name.as_str(), value.as_str()).encode(encoder.encode_label())?;
+        }
+        Ok(())
     }
 }
 
@@ -424,6 +430,7 @@ mod tests {
             peer: Peer::Src,
             target_addr: "10.1.2.3:5432".parse().unwrap(),
             tls: Tls::INBOUND_PLAIN,
+            dst: None,
         };
         let conn = metrics.tcp(labels.clone());
         conn.read_bytes.inc_by(10);

@@ -3,6 +3,7 @@
 //! work through the proxy.
 
 use crate::{
+    discovery::balance::DstLabels,
     http::client::connect,
     io::{MeteredIo, PrefixedIo},
     metrics::{Direction, Metrics, Peer, TcpLabels, Tls},
@@ -21,6 +22,7 @@ pub async fn forward<I>(
     connect_timeout: Duration,
     direction: Direction,
     tls: Tls,
+    dst: Option<DstLabels>,
     metrics: &Metrics,
 ) where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -32,7 +34,7 @@ pub async fn forward<I>(
             return;
         }
     };
-    let labels = TcpLabels { direction, peer: Peer::Dst, target_addr: target, tls };
+    let labels = TcpLabels { direction, peer: Peer::Dst, target_addr: target, tls, dst };
     let mut server = MeteredIo::new(server, metrics.tcp(labels));
     match tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, COPY_BUF, COPY_BUF).await {
         Ok((sent, received)) => tracing::debug!(%target, sent, received, "opaque connection closed"),

@@ -111,3 +111,48 @@ fn sigterm_with_nothing_in_flight_exits_0_at_once() {
     let status = proxy.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "weft-proxy exited with {status}");
 }
+
+/// Discovery without root: ingress mode routes by authority, and the
+/// controller (serving a store directory) says where the service's
+/// endpoints are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_mode_discovers_services_by_authority() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    let (stats, serve) = apps::http(listener);
+    tokio::spawn(serve);
+
+    let dir = std::env::temp_dir().join(format!("weft-local-discovery-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  selector: {{ app: web }}\n  ports: [{{ port: 80, targetPort: {port} }}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{ name: web-1, namespace: shop, labels: {{ app: web }} }}\nstatus: {{ podIP: 127.0.0.1 }}\n",
+        port = app.port()
+    );
+    std::fs::write(dir.join("shop.yaml"), store).unwrap();
+    let index =
+        std::sync::Arc::new(std::sync::Mutex::new(weft_store::Index::new(weft_store::Config::default())));
+    weft_store::DirSource::new(&dir).watch(index.clone()).unwrap();
+    let controller = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let controller_addr = controller.local_addr().unwrap().to_string();
+    tokio::spawn(weft_controller::serve_grpc(controller, index, weft_controller::Metrics::new()));
+
+    let proxy = LocalProxy::start(
+        PROXY.as_ref(),
+        &[("LINKERD2_PROXY_INGRESS_MODE", "true"), ("LINKERD2_PROXY_DESTINATION_SVC_ADDR", &controller_addr)],
+    );
+    for _ in 0..3 {
+        let req =
+            Request::get("/").header("host", "web.shop.svc.cluster.local:80").body(Empty::new()).unwrap();
+        let rsp = request(proxy.outbound, req).await;
+        assert_eq!(rsp.status(), StatusCode::OK, "{:?}", rsp.headers().get("l5d-proxy-error"));
+    }
+    assert_eq!(stats.requests.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let (_, text) = http_get(proxy.admin, "/metrics").await.unwrap();
+    assert!(text.contains(r#"dst_namespace="shop",dst_service="web""#), "{text}");
+
+    // A name the controller does not know is not routed anywhere by it.
+    let req = Request::get("/").header("host", "nope.shop.svc.cluster.local:80").body(Empty::new()).unwrap();
+    assert_ne!(request(proxy.outbound, req).await.status(), StatusCode::OK);
+    let _ = std::fs::remove_dir_all(&dir);
+}

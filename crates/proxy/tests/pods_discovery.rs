@@ -336,3 +336,37 @@ async fn get(send: &mut Sender) -> Result<StatusCode, String> {
     }
     Ok(status)
 }
+
+#[test]
+fn opaque_tcp_to_a_service_is_balanced_per_connection() {
+    let Some(cluster) = Cluster::start("opaque_tcp_to_a_service_is_balanced_per_connection") else { return };
+    for server in &cluster.servers {
+        server.spawn(apps::tcp_echo(server.listen(8080)));
+    }
+    let dst = cluster.service();
+    let echoed = cluster.client.block_on(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut total = 0;
+        for i in 0..6u8 {
+            // Not HTTP: detection gives up on the first byte.
+            let sent = [0u8, 1, 2, i];
+            let mut sock = tokio::net::TcpStream::connect(dst).await.unwrap();
+            sock.write_all(&sent).await.unwrap();
+            sock.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            sock.read_to_end(&mut back).await.unwrap();
+            assert_eq!(back, sent);
+            total += 1;
+        }
+        total
+    });
+    assert_eq!(echoed, 6);
+    let text = cluster.client.metrics();
+    let opened: f64 = text
+        .lines()
+        .filter(|l| l.starts_with(r#"tcp_open_total{direction="outbound",peer="dst""#))
+        .filter(|l| l.contains(r#"dst_namespace="shop",dst_service="web""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(opened, 6.0, "{text}");
+}

@@ -128,7 +128,7 @@ impl tower_service::Service<http::Uri> for Connector {
                 Direction::Inbound => Tls::INBOUND_PLAIN,
                 Direction::Outbound => Tls::OUTBOUND_PLAIN,
             };
-            let labels = TcpLabels { direction, peer: Peer::Dst, target_addr: addr, tls };
+            let labels = TcpLabels { direction, peer: Peer::Dst, target_addr: addr, tls, dst: None };
             Ok(TokioIo::new(Upstream(MeteredIo::new(stream, metrics.tcp(labels)))))
         })
     }
