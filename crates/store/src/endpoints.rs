@@ -140,12 +140,9 @@ pub(crate) fn compute(index: &Index, objects: &Objects, sp: &ServicePort) -> End
     let Some(selector) = svc.spec.as_ref().and_then(|s| s.selector.as_ref()).filter(|s| !s.is_empty()) else {
         return set;
     };
-    let selects = |labels: Option<&BTreeMap<String, String>>| {
-        selector.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
-    };
-    for resource in objects.in_namespace(Kind::Pod, &sp.namespace) {
+    for resource in objects.selected(Kind::Pod, &sp.namespace, selector) {
         let Resource::Pod(pod) = resource else { continue };
-        if !selects(pod.metadata.labels.as_ref()) || !pod_is_running(pod) {
+        if !pod_is_running(pod) {
             continue;
         }
         let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_ref()).and_then(|ip| ip.parse().ok())
@@ -156,11 +153,8 @@ pub(crate) fn compute(index: &Index, objects: &Objects, sp: &ServicePort) -> End
         let addr = SocketAddr::new(ip, target);
         set.endpoints.insert(addr, index.pod_endpoint(addr, Some(pod), &opaque));
     }
-    for resource in objects.in_namespace(Kind::ExternalWorkload, &sp.namespace) {
+    for resource in objects.selected(Kind::ExternalWorkload, &sp.namespace, selector) {
         let Resource::ExternalWorkload(ew) = resource else { continue };
-        if !selects(ew.metadata.labels.as_ref()) {
-            continue;
-        }
         let named = |name: &str| {
             ew.spec.ports.iter().flatten().find(|p| p.name.as_deref() == Some(name)).map(|p| p.port)
         };

@@ -45,9 +45,17 @@ pub struct Index {
     changes: watch::Sender<u64>,
 }
 
-/// The resources in effect, by kind, then namespace and name.
+/// The resources in effect, by kind, then namespace and name; and the
+/// workloads (Pods, ExternalWorkloads) by label, so a selector finds its
+/// workloads without scanning the namespace.
 #[derive(Default)]
-pub struct Objects(HashMap<Kind, BTreeMap<(String, String), Resource>>);
+pub struct Objects {
+    by_kind: HashMap<Kind, BTreeMap<(String, String), Resource>>,
+    labels: HashMap<LabelKey, BTreeSet<String>>,
+}
+
+/// (kind, namespace, label name, label value)
+type LabelKey = (Kind, String, String, String);
 
 // === impl Index ===
 
@@ -125,11 +133,10 @@ impl Index {
             if let Some(new) = winner {
                 affected.add(&self.objects, new);
             }
-            let slot = (key.namespace.clone(), key.name.clone());
             match winner {
-                Some(r) => self.objects.0.entry(key.kind).or_default().insert(slot, r.clone()),
-                None => self.objects.0.get_mut(&key.kind).and_then(|m| m.remove(&slot)),
-            };
+                Some(r) => self.objects.insert(&key, r.clone()),
+                None => self.objects.remove(&key),
+            }
         }
         self.publish(&affected);
         self.changes.send_modify(|n| *n += 1);
@@ -194,7 +201,7 @@ impl Index {
 
     /// How many resources of each kind are in effect.
     pub fn counts(&self) -> BTreeMap<Kind, usize> {
-        self.objects.0.iter().map(|(k, m)| (*k, m.len())).collect()
+        self.objects.by_kind.iter().map(|(k, m)| (*k, m.len())).collect()
     }
 
     pub fn watch_count(&self) -> usize {
@@ -271,8 +278,55 @@ impl Affected {
 // === impl Objects ===
 
 impl Objects {
+    fn insert(&mut self, key: &Key, resource: Resource) {
+        self.remove(key);
+        if matches!(key.kind, Kind::Pod | Kind::ExternalWorkload) {
+            for (k, v) in resource.metadata().labels.iter().flatten() {
+                let label = (key.kind, key.namespace.clone(), k.clone(), v.clone());
+                self.labels.entry(label).or_default().insert(key.name.clone());
+            }
+        }
+        self.by_kind.entry(key.kind).or_default().insert((key.namespace.clone(), key.name.clone()), resource);
+    }
+
+    fn remove(&mut self, key: &Key) {
+        let slot = (key.namespace.clone(), key.name.clone());
+        let Some(old) = self.by_kind.get_mut(&key.kind).and_then(|m| m.remove(&slot)) else { return };
+        for (k, v) in old.metadata().labels.iter().flatten() {
+            let label = (key.kind, key.namespace.clone(), k.clone(), v.clone());
+            if let Some(names) = self.labels.get_mut(&label) {
+                names.remove(&key.name);
+                if names.is_empty() {
+                    self.labels.remove(&label);
+                }
+            }
+        }
+    }
+
+    /// The workloads of `kind` in `namespace` that carry every label of a
+    /// (non-empty) selector.
+    pub fn selected<'a>(
+        &'a self,
+        kind: Kind,
+        namespace: &str,
+        selector: &'a BTreeMap<String, String>,
+    ) -> impl Iterator<Item = &'a Resource> + 'a {
+        // Start from the selector's rarest label.
+        let smallest = selector
+            .iter()
+            .map(|(k, v)| self.labels.get(&(kind, namespace.to_string(), k.clone(), v.clone())))
+            .min_by_key(|names| names.map_or(0, |n| n.len()))
+            .flatten();
+        let namespace = namespace.to_string();
+        smallest.into_iter().flatten().filter_map(move |name| {
+            let r = self.get(kind, &namespace, name)?;
+            let labels = r.metadata().labels.as_ref();
+            selector.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v)).then_some(r)
+        })
+    }
+
     pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<&Resource> {
-        self.0.get(&kind)?.get(&(namespace.to_string(), name.to_string()))
+        self.by_kind.get(&kind)?.get(&(namespace.to_string(), name.to_string()))
     }
 
     pub fn in_namespace<'a>(
@@ -282,7 +336,7 @@ impl Objects {
     ) -> impl Iterator<Item = &'a Resource> + 'a {
         let lo = (namespace.to_string(), String::new());
         let ns = namespace.to_string();
-        self.0
+        self.by_kind
             .get(&kind)
             .into_iter()
             .flat_map(move |m| m.range(lo.clone()..))
@@ -298,7 +352,7 @@ impl Objects {
     }
 
     pub fn services(&self) -> impl Iterator<Item = &Service> {
-        self.0.get(&Kind::Service).into_iter().flat_map(|m| m.values()).filter_map(|r| match r {
+        self.by_kind.get(&Kind::Service).into_iter().flat_map(|m| m.values()).filter_map(|r| match r {
             Resource::Service(svc) => Some(&**svc),
             _ => None,
         })
