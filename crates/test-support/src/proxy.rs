@@ -121,22 +121,16 @@ impl ProxyProcess {
     }
 
     pub fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
-        assert_eq!(rc, 0, "signalling weft-proxy: {}", io::Error::last_os_error());
+        send_signal(&self.child, signal)
     }
 
     /// Waits for the process to exit, up to `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("polling the proxy") {
-                self.exited = Some(status);
-                return status;
-            }
-            assert!(Instant::now() < deadline, "weft-proxy still running after {timeout:?}:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let path = &self.log;
+        let status =
+            wait_child(&mut self.child, timeout, || std::fs::read_to_string(path).unwrap_or_default());
+        self.exited = Some(status);
+        status
     }
 
     pub fn log(&self) -> String {
@@ -223,20 +217,12 @@ impl LocalProxy {
     }
 
     pub fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
-        assert_eq!(rc, 0, "signalling weft-proxy: {}", io::Error::last_os_error());
+        send_signal(&self.child, signal)
     }
 
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("polling the proxy") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "weft-proxy still running after {timeout:?}:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let log = &self.log;
+        wait_child(&mut self.child, timeout, || log.lock().unwrap().join("\n"))
     }
 }
 
@@ -247,6 +233,25 @@ impl Drop for LocalProxy {
         if std::thread::panicking() {
             eprintln!("--- weft-proxy log:\n{}", self.log());
         }
+    }
+}
+
+fn send_signal(child: &Child, signal: i32) {
+    // SAFETY: kill(2) on our own child's pid.
+    let rc = unsafe { libc::kill(child.id() as i32, signal) };
+    assert_eq!(rc, 0, "signalling weft-proxy: {}", io::Error::last_os_error());
+}
+
+/// Waits for a child to exit, up to `timeout` (polling: its exit is
+/// another process's doing).
+fn wait_child(child: &mut Child, timeout: Duration, log: impl Fn() -> String) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("polling the proxy") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "weft-proxy still running after {timeout:?}:\n{}", log());
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
