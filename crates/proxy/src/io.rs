@@ -79,10 +79,6 @@ impl<I> MeteredIo<I> {
     pub fn new(io: I, metrics: TcpMetrics) -> Self {
         Self { io, metrics }
     }
-
-    pub fn get_ref(&self) -> &I {
-        &self.io
-    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for MeteredIo<I> {

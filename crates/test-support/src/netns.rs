@@ -9,7 +9,7 @@ use std::{
     os::fd::AsRawFd,
     process::{Command, Stdio},
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU32, Ordering},
     },
 };
@@ -33,7 +33,6 @@ pub struct Pod {
     ns: String,
     ip: Ipv4Addr,
     runtime: Option<tokio::runtime::Runtime>,
-    pub(crate) children: Mutex<Vec<std::process::Child>>,
     _net: Arc<NetInner>,
 }
 
@@ -108,14 +107,8 @@ impl Net {
             ip_ok(&["-n", &ns, "link", "set", "lo", "up"])?;
             Ok(())
         };
-        let mut pod = Pod {
-            name: name.to_string(),
-            ns: ns.clone(),
-            ip,
-            runtime: None,
-            children: Mutex::new(Vec::new()),
-            _net: self.inner.clone(),
-        };
+        let mut pod =
+            Pod { name: name.to_string(), ns: ns.clone(), ip, runtime: None, _net: self.inner.clone() };
         if let Err(e) = setup() {
             panic!("setting up pod {name} ({ns}) failed: {e}");
         }
@@ -215,10 +208,6 @@ impl Drop for Pod {
     fn drop(&mut self) {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
-        }
-        for mut child in self.children.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
-            let _ = child.kill();
-            let _ = child.wait();
         }
         // Deleting the namespace takes its veth, and the peer in the bridge
         // namespace, and its iptables rules with it.

@@ -70,7 +70,7 @@ impl ProxyError {
         }
     }
 
-    fn grpc_code(&self) -> u32 {
+    pub fn grpc_code(&self) -> u32 {
         match self {
             ProxyError::ConnectTimeout { .. } => 4, // DEADLINE_EXCEEDED
             ProxyError::NoAuthority => 3,           // INVALID_ARGUMENT

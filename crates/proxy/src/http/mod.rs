@@ -219,9 +219,7 @@ impl Conn {
         let rsp = error.to_response(grpc);
         if let Some(route) = route {
             let status = rsp.status().as_u16();
-            let grpc_status = grpc.then(|| {
-                rsp.headers()["grpc-status"].to_str().ok().and_then(|s| s.parse().ok()).unwrap_or(2)
-            });
+            let grpc_status = grpc.then(|| error.grpc_code());
             route.response_end(status, grpc_status, Some(error.label()));
         }
         rsp.map(Either::Right)
