@@ -1,7 +1,10 @@
 //! `weft controller`: the control plane in one process.
 
 use anyhow::{Context, bail};
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use weft_controller::identity::{Ca, CaConfig, LocalTokens, TokenReviews, TokenValidator};
+use weft_identity::{TokenKey, ca::TOKEN_KEY};
+use weft_proxy::config::parse_duration;
 use weft_store::{Config, DirSource, Index};
 
 #[derive(clap::Args)]
@@ -19,9 +22,19 @@ pub struct Args {
     /// The cluster's DNS domain.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
-    /// The identity trust domain.
-    #[arg(long, default_value = "cluster.local")]
-    trust_domain: String,
+    #[command(flatten)]
+    names: crate::identity::NameArgs,
+    /// Run the identity CA from this directory (`weft identity init`):
+    /// proxies get certificates from it, and reach the controller's APIs
+    /// over mesh TLS.
+    #[arg(long, env = "WEFT_IDENTITY_DIR")]
+    identity_dir: Option<PathBuf>,
+    /// How long the certificates the CA signs are valid.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    identity_lifetime: Duration,
+    /// How far before now certificates are valid from, for clocks behind.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    identity_clock_skew: Duration,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -43,19 +56,50 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
-        let config = Config { cluster_domain: args.cluster_domain, trust_domain: args.trust_domain };
+        let config =
+            Config { cluster_domain: args.cluster_domain, trust_domain: args.names.trust_domain.clone() };
         let index = Arc::new(std::sync::Mutex::new(Index::new(config)));
-        let watcher = if kubernetes {
+        let client = if kubernetes {
             // In a pod, the service account's credentials; elsewhere, the
             // kubeconfig, as kubectl finds it.
-            let client = kube::Client::try_default().await.context(
+            Some(kube::Client::try_default().await.context(
                 "connecting to the Kubernetes API (in-cluster config, or KUBECONFIG / ~/.kube/config)",
-            )?;
-            tokio::spawn(weft_store::kube::run(client, index.clone()))
+            )?)
         } else {
-            DirSource::new(&dir).watch(index.clone()).context("loading the store")?
+            None
+        };
+        let watcher = match &client {
+            Some(client) => tokio::spawn(weft_store::kube::run(client.clone(), index.clone())),
+            None => DirSource::new(&dir).watch(index.clone()).context("loading the store")?,
         };
         let metrics = weft_controller::Metrics::new();
+        let ca = match &args.identity_dir {
+            None => None,
+            Some(id_dir) => {
+                let tokens: Box<dyn TokenValidator> = match client {
+                    Some(client) => Box::new(TokenReviews(client)),
+                    None => {
+                        let path = id_dir.join(TOKEN_KEY);
+                        let stored = std::fs::read_to_string(&path)
+                            .with_context(|| format!("--identity-dir: reading {}", path.display()))?;
+                        Box::new(LocalTokens(
+                            TokenKey::from_stored(&stored)
+                                .map_err(|e| anyhow::anyhow!("--identity-dir: {}: {e}", path.display()))?,
+                        ))
+                    }
+                };
+                let config = CaConfig {
+                    dir: id_dir.clone(),
+                    names: args.names.names(),
+                    lifetime: args.identity_lifetime,
+                    clock_skew: args.identity_clock_skew,
+                };
+                let ca = Ca::load(config, tokens, metrics.clone())
+                    .with_context(|| format!("--identity-dir {}", id_dir.display()))?;
+                tokio::spawn(ca.clone().watch(Duration::from_secs(2)));
+                Some(ca)
+            }
+        };
         let grpc = tokio::net::TcpListener::bind(args.grpc_addr)
             .await
             .with_context(|| format!("listening on --grpc-addr {}", args.grpc_addr))?;
@@ -64,10 +108,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("listening on --admin-addr {}", args.admin_addr))?;
         tracing::info!(
             store = %dir.display(), grpc = %grpc.local_addr()?, admin = %admin.local_addr()?,
+            identity = args.identity_dir.is_some(),
             "weft controller is serving"
         );
         tokio::spawn(weft_controller::serve_admin(admin, index.clone(), metrics.clone()));
-        tokio::spawn(weft_controller::serve_grpc(grpc, index, metrics));
+        tokio::spawn(weft_controller::serve_grpc(grpc, index, metrics, ca));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = term.recv() => {}

@@ -1,6 +1,7 @@
 //! `weft`: the command line of the weft service mesh.
 
 mod controller;
+mod identity;
 mod proxy_init;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +22,9 @@ enum Command {
     /// Run the control plane: destination and outbound-policy APIs over a
     /// store of resources.
     Controller(controller::Args),
+    /// The mesh's identity: create a CA, issue workload tokens.
+    #[command(subcommand)]
+    Identity(identity::Command),
 }
 
 fn main() -> ExitCode {
@@ -28,6 +32,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::ProxyInit(args) => proxy_init::run(args),
         Command::Controller(args) => controller::run(args),
+        Command::Identity(command) => identity::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,6 +4,7 @@
 
 mod admin;
 mod destination;
+pub mod identity;
 mod metrics;
 pub mod outbound;
 mod profile;
@@ -18,7 +19,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use linkerd2_proxy_api::{
-    destination::destination_server::DestinationServer,
+    destination::destination_server::DestinationServer, identity::identity_server::IdentityServer,
     outbound::outbound_policies_server::OutboundPoliciesServer,
 };
 use std::{convert::Infallible, sync::Arc};
@@ -66,14 +67,22 @@ pub(crate) fn lock(index: &SharedIndex) -> std::sync::MutexGuard<'_, Index> {
 }
 
 /// Serves the proxy APIs on `listener` (gRPC over HTTP/2) until the task is
-/// dropped.
-pub async fn serve_grpc(listener: TcpListener, index: SharedIndex, metrics: Arc<Metrics>) {
+/// dropped. With a CA, the Identity API is served too, and clients that
+/// open with a TLS ClientHello get mesh TLS with the controller's own
+/// certificate; plaintext clients (proxies without identity) still work.
+pub async fn serve_grpc(
+    listener: TcpListener,
+    index: SharedIndex,
+    metrics: Arc<Metrics>,
+    ca: Option<Arc<identity::Ca>>,
+) {
     let router = Router {
         destination: DestinationServer::new(DestinationService {
             index: index.clone(),
             metrics: metrics.clone(),
         }),
         outbound: OutboundPoliciesServer::new(OutboundService { index, metrics }),
+        identity: ca.clone().map(|ca| IdentityServer::new(identity::IdentityService(ca))),
     };
     loop {
         let (sock, _) = match listener.accept().await {
@@ -86,16 +95,36 @@ pub async fn serve_grpc(listener: TcpListener, index: SharedIndex, metrics: Arc<
         };
         let _ = sock.set_nodelay(true);
         let router = router.clone();
+        let ca = ca.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| router.clone().route(req));
-            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(hyper_util::rt::TokioTimer::new())
-                .keep_alive_interval(Some(std::time::Duration::from_secs(10)))
-                .serve_connection(TokioIo::new(sock), svc);
-            if let Err(error) = conn.await {
-                tracing::debug!(%error, "gRPC connection closed");
+            let Some(ca) = ca else { return serve_conn(sock, router).await };
+            let mut first = [0u8; 1];
+            let tls = matches!(
+                tokio::time::timeout(std::time::Duration::from_secs(10), sock.peek(&mut first)).await,
+                Ok(Ok(1)) if first[0] == 0x16
+            );
+            if !tls {
+                return serve_conn(sock, router).await;
+            }
+            match tokio_rustls::TlsAcceptor::from(ca.server_config()).accept(sock).await {
+                Ok(tls) => serve_conn(tls, router).await,
+                Err(error) => tracing::info!(%error, "TLS handshake with a client failed"),
             }
         });
+    }
+}
+
+async fn serve_conn<I>(io: I, router: Router)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| router.clone().route(req));
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(std::time::Duration::from_secs(10)))
+        .serve_connection(TokioIo::new(io), svc);
+    if let Err(error) = conn.await {
+        tracing::debug!(%error, "gRPC connection closed");
     }
 }
 
@@ -105,6 +134,7 @@ pub async fn serve_grpc(listener: TcpListener, index: SharedIndex, metrics: Arc<
 struct Router {
     destination: DestinationServer<DestinationService>,
     outbound: OutboundPoliciesServer<OutboundService>,
+    identity: Option<IdentityServer<identity::IdentityService>>,
 }
 
 impl Router {
@@ -117,6 +147,11 @@ impl Router {
         }
         if service == <OutboundPoliciesServer<OutboundService> as NamedService>::NAME {
             return self.outbound.call(req).await;
+        }
+        if let Some(identity) = self.identity.as_mut() {
+            if service == <IdentityServer<identity::IdentityService> as NamedService>::NAME {
+                return identity.call(req).await;
+            }
         }
         Ok(Status::unimplemented(format!("weft's controller does not serve {service}")).into_http())
     }

@@ -3,7 +3,7 @@
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{family::Family, gauge::Gauge, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 use std::sync::Arc;
@@ -12,6 +12,11 @@ use weft_store::SharedIndex;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ApiLabels {
     api: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -24,6 +29,9 @@ pub struct Metrics {
     watches: Family<ApiLabels, Gauge>,
     resources: Family<KindLabels, Gauge>,
     update_latency: Histogram,
+    certify: Family<ResultLabels, Counter>,
+    issuer_expiry: Gauge,
+    issuer_reload_errors: Counter,
 }
 
 /// An open watch: counted while it lives.
@@ -48,7 +56,33 @@ impl Metrics {
             "From the index publishing a change of endpoints to the update being sent to a proxy",
             update_latency.clone(),
         );
-        Arc::new(Self { registry, watches, resources, update_latency })
+        let certify = Family::default();
+        registry.register(
+            "identity_certify",
+            "Certify calls by result (ok, unauthenticated, permission_denied, invalid_argument)",
+            certify.clone(),
+        );
+        let issuer_expiry = Gauge::default();
+        registry.register(
+            "identity_issuer_expiration_timestamp_seconds",
+            "When the issuer certificate in use expires",
+            issuer_expiry.clone(),
+        );
+        let issuer_reload_errors = Counter::default();
+        registry.register(
+            "identity_issuer_reload_errors",
+            "Changes to the identity directory that did not validate (the last good issuer stayed)",
+            issuer_reload_errors.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            watches,
+            resources,
+            update_latency,
+            certify,
+            issuer_expiry,
+            issuer_reload_errors,
+        })
     }
 
     pub(crate) fn watch(&self, api: &'static str) -> WatchGauge {
@@ -59,6 +93,19 @@ impl Metrics {
 
     pub(crate) fn update_sent(&self, latency: std::time::Duration) {
         self.update_latency.observe(latency.as_secs_f64());
+    }
+
+    pub(crate) fn certify(&self, result: &'static str) {
+        self.certify.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub(crate) fn issuer_loaded(&self, not_after: std::time::SystemTime) {
+        let secs = not_after.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        self.issuer_expiry.set(secs as i64);
+    }
+
+    pub(crate) fn issuer_reload_failed(&self) {
+        self.issuer_reload_errors.inc();
     }
 
     pub fn encode(&self, index: &SharedIndex) -> String {

@@ -38,7 +38,7 @@ async fn start(name: &str) -> Fixture {
     DirSource::new(&dir).watch(index.clone()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(weft_controller::serve_grpc(listener, index, weft_controller::Metrics::new()));
+    tokio::spawn(weft_controller::serve_grpc(listener, index, weft_controller::Metrics::new(), None));
     let channel =
         tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
     Fixture { dir, channel }

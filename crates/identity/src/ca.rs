@@ -167,7 +167,7 @@ impl Issuer {
         // verifies a throwaway leaf against the anchors.
         let probe_name = "probe.weft.serviceaccount.identity.weft.invalid";
         let probe_key = KeyPair::generate()?;
-        let probe = issuer.issue(probe_name, &probe_key, Duration::from_secs(60), Duration::ZERO, now)?;
+        let probe = issuer.issue(&[probe_name], &probe_key, Duration::from_secs(60), Duration::ZERO, now)?;
         tls::verify_server(&anchors.roots(), &probe, probe_name, now)
             .map_err(|e| CaError::NotChained(e.to_string()))?;
         Ok(issuer)
@@ -206,23 +206,26 @@ impl Issuer {
         if asked.len() != 1 || asked[0] != identity {
             return Err(SignError::WrongNames { asked, identity: identity.into() });
         }
-        self.issue(identity, &csr.public_key, lifetime, skew, now).map_err(|e| SignError::Sign(e.to_string()))
+        self.issue(&[identity], &csr.public_key, lifetime, skew, now)
+            .map_err(|e| SignError::Sign(e.to_string()))
     }
 
-    /// Issues a leaf for `name` to `public_key`: valid from `skew` before
+    /// Issues a leaf for `names` to `public_key`: valid from `skew` before
     /// `now` (clocks differ) for `lifetime`, and never past the issuer.
     pub fn issue(
         &self,
-        name: &str,
+        names: &[&str],
         public_key: &impl rcgen::PublicKeyData,
         lifetime: Duration,
         skew: Duration,
         now: SystemTime,
     ) -> Result<Leaf, rcgen::Error> {
         let not_after = (now + lifetime).min(self.not_after);
-        let mut params = CertificateParams::new(vec![name.to_string()])?;
+        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, name);
+        if let Some(name) = names.first() {
+            params.distinguished_name.push(DnType::CommonName, *name);
+        }
         params.not_before = OffsetDateTime::from(now - skew);
         params.not_after = OffsetDateTime::from(not_after);
         params.serial_number = Some(random_serial());
@@ -280,6 +283,40 @@ pub fn init(dir: &Path, names: &Names, now: SystemTime) -> Result<Initialized, C
     write(&dir.join(ISSUER_KEY), issuer_key.serialize_pem().as_bytes(), true)?;
     write(&dir.join(TOKEN_KEY), token_key.as_bytes(), true)?;
     Ok(Initialized { anchor_not_after: now + ANCHOR_LIFETIME, issuer_not_after: now + ISSUER_LIFETIME })
+}
+
+/// Makes a new issuer (1 year) from the trust anchor in `dir` and puts it
+/// in place of the current one (`issuer.crt`, `issuer.key`), each file
+/// replaced whole so a watching controller never reads half of one.
+pub fn rotate_issuer(dir: &Path, names: &Names, now: SystemTime) -> Result<SystemTime, CaError> {
+    let anchor_pem = read(&dir.join(ANCHOR_CERT))?;
+    let anchor_key = KeyPair::from_pem(&read(&dir.join(ANCHOR_KEY))?)
+        .map_err(|e| CaError::BadIssuerKey(format!("{ANCHOR_KEY}: {e}")))?;
+    // The anchor bundle's first certificate is the one whose key is here.
+    let anchor = CertificateDer::from_pem_slice(anchor_pem.as_bytes())
+        .map_err(|e| CaError::BadAnchor(e.to_string()))?;
+    let signer = rcgen::Issuer::from_ca_cert_der(&anchor, anchor_key)?;
+    let key = KeyPair::generate()?;
+    let params = ca_params(
+        &format!("identity.{}.{}", names.control_plane_ns, names.trust_domain),
+        now,
+        ISSUER_LIFETIME,
+        Some(0),
+    );
+    let cert = params.signed_by(&key, &signer)?;
+    // Validate before replacing anything.
+    let anchors = TrustAnchors::from_pem(&anchor_pem)?;
+    Issuer::from_pem(&cert.pem(), &key.serialize_pem(), &anchors, now)?;
+    replace(&dir.join(ISSUER_KEY), key.serialize_pem().as_bytes(), true)?;
+    replace(&dir.join(ISSUER_CERT), cert.pem().as_bytes(), false)?;
+    Ok(now + ISSUER_LIFETIME)
+}
+
+fn replace(path: &Path, contents: &[u8], secret: bool) -> Result<(), CaError> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    write(&tmp, contents, secret)?;
+    std::fs::rename(&tmp, path).map_err(|source| CaError::Write { path: path.into(), source })
 }
 
 fn ca_params(cn: &str, now: SystemTime, lifetime: Duration, path_len: Option<u8>) -> CertificateParams {
@@ -385,7 +422,15 @@ mod tests {
             .unwrap();
         tls::verify_server(&anchors.roots(), &leaf, name, now).unwrap();
         // Another name is not what the certificate proves.
-        assert!(tls::verify_server(&anchors.roots(), &leaf, "db.shop.serviceaccount.identity.weft.cluster.local", now).is_err());
+        assert!(
+            tls::verify_server(
+                &anchors.roots(),
+                &leaf,
+                "db.shop.serviceaccount.identity.weft.cluster.local",
+                now
+            )
+            .is_err()
+        );
         // 24 hours from now, not a second more; the clock-skew allowance
         // is before now.
         let (_, x509) = x509_parser::parse_x509_certificate(&leaf.cert).unwrap();
@@ -430,6 +475,16 @@ mod tests {
     }
 
     #[test]
+    fn a_rotated_issuer_chains_to_the_same_anchor() {
+        let tmp = TempDir::new("rotate");
+        init(&tmp.0, &Names::default(), SystemTime::now()).unwrap();
+        let (_, before) = load(&tmp.0);
+        rotate_issuer(&tmp.0, &Names::default(), SystemTime::now()).unwrap();
+        let (_, after) = load(&tmp.0);
+        assert_ne!(before.cert(), after.cert());
+    }
+
+    #[test]
     fn bad_issuers_are_refused_with_the_reason() {
         let a = TempDir::new("bad-a");
         let b = TempDir::new("bad-b");
@@ -440,20 +495,17 @@ mod tests {
         let file = |d: &TempDir, f: &str| std::fs::read_to_string(d.0.join(f)).unwrap();
 
         // B's issuer under A's anchors.
-        let err = Issuer::from_pem(&file(&b, ISSUER_CERT), &file(&b, ISSUER_KEY), &anchors_a, now)
-            .err()
-            .unwrap();
+        let err =
+            Issuer::from_pem(&file(&b, ISSUER_CERT), &file(&b, ISSUER_KEY), &anchors_a, now).err().unwrap();
         assert!(matches!(err, CaError::NotChained(_)), "{err}");
         // A's certificate with B's key.
-        let err = Issuer::from_pem(&file(&a, ISSUER_CERT), &file(&b, ISSUER_KEY), &anchors_a, now)
-            .err()
-            .unwrap();
+        let err =
+            Issuer::from_pem(&file(&a, ISSUER_CERT), &file(&b, ISSUER_KEY), &anchors_a, now).err().unwrap();
         assert!(matches!(err, CaError::KeyMismatch), "{err}");
         // Two years on, the issuer has expired.
         let later = now + Duration::from_secs(2 * 365 * 24 * 3600);
-        let err = Issuer::from_pem(&file(&a, ISSUER_CERT), &file(&a, ISSUER_KEY), &anchors_a, later)
-            .err()
-            .unwrap();
+        let err =
+            Issuer::from_pem(&file(&a, ISSUER_CERT), &file(&a, ISSUER_KEY), &anchors_a, later).err().unwrap();
         assert!(matches!(err, CaError::IssuerExpired { .. }), "{err}");
         assert!(err.to_string().contains("expired"));
         // Not PEM at all.

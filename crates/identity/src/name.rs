@@ -59,9 +59,6 @@ mod tests {
         assert_eq!(names.parse("web.shop.serviceaccount.identity.linkerd.cluster.local"), None);
         assert_eq!(names.parse("a.b.shop.serviceaccount.identity.weft.cluster.local"), None);
         assert_eq!(names.parse(".shop.serviceaccount.identity.weft.cluster.local"), None);
-        assert_eq!(
-            names.identity_service(),
-            "weft-identity.weft.serviceaccount.identity.weft.cluster.local"
-        );
+        assert_eq!(names.identity_service(), "weft-identity.weft.serviceaccount.identity.weft.cluster.local");
     }
 }

@@ -170,7 +170,12 @@ pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Option<String> {
 }
 
 /// Checks, as a peer would, that `leaf` proves `name` under `roots`.
-pub fn verify_server(roots: &Arc<RootCertStore>, leaf: &Leaf, name: &str, now: SystemTime) -> Result<(), String> {
+pub fn verify_server(
+    roots: &Arc<RootCertStore>,
+    leaf: &Leaf,
+    name: &str,
+    now: SystemTime,
+) -> Result<(), String> {
     let verifier = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
         .build()
         .map_err(|e| e.to_string())?;

@@ -61,9 +61,7 @@ impl TokenKey {
 
     /// Reads a stored key (`token.key`).
     pub fn from_stored(stored: &str) -> Result<Self, String> {
-        let raw = B64
-            .decode(stored.trim())
-            .map_err(|e| format!("the token key is not base64: {e}"))?;
+        let raw = B64.decode(stored.trim()).map_err(|e| format!("the token key is not base64: {e}"))?;
         if raw.len() < KEY_LEN {
             return Err(format!("the token key is {} bytes; it must be at least {KEY_LEN}", raw.len()));
         }

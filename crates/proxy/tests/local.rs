@@ -135,7 +135,7 @@ async fn ingress_mode_discovers_services_by_authority() {
     weft_store::DirSource::new(&dir).watch(index.clone()).unwrap();
     let controller = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let controller_addr = controller.local_addr().unwrap().to_string();
-    tokio::spawn(weft_controller::serve_grpc(controller, index, weft_controller::Metrics::new()));
+    tokio::spawn(weft_controller::serve_grpc(controller, index, weft_controller::Metrics::new(), None));
 
     let proxy = LocalProxy::start(
         PROXY.as_ref(),

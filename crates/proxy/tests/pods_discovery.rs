@@ -95,7 +95,7 @@ impl Cluster {
             let index = Arc::new(Mutex::new(weft_store::Index::new(weft_store::Config::default())));
             weft_store::DirSource::new(&dir).watch(index.clone()).unwrap();
             let listener = tokio::net::TcpListener::bind(CONTROLLER).await.expect("binding the controller");
-            tokio::spawn(weft_controller::serve_grpc(listener, index, weft_controller::Metrics::new()));
+            tokio::spawn(weft_controller::serve_grpc(listener, index, weft_controller::Metrics::new(), None));
         }))
         .unwrap();
         self.controller = Some(rt);
