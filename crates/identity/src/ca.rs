@@ -96,6 +96,12 @@ pub struct Issuer {
 
 // === impl TrustAnchors ===
 
+impl std::fmt::Debug for TrustAnchors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TrustAnchors({} certificates)", self.certs.len())
+    }
+}
+
 impl TrustAnchors {
     pub fn from_pem(pem: &str) -> Result<Self, CaError> {
         let certs = CertificateDer::pem_slice_iter(pem.as_bytes())

@@ -3,11 +3,12 @@
 
 use crate::{
     admin::Admin,
-    config::{Config, ListenerConfig},
+    config::{Config, ListenerConfig, PortSet},
     detect::{self, Detected, Protocol},
     discovery::{Discovery, Resolution, ServiceRoute, TargetKey},
     drain::Drain,
     http::{ConnService, HttpProxy, client::Clients, client::Proto},
+    identity::Identity,
     io::{self, MeteredIo, PrefixedIo},
     metrics::{Direction, Metrics, Peer, TcpLabels, Tls},
     tcp,
@@ -19,7 +20,10 @@ use std::{
     sync::{Arc, atomic::AtomicBool},
     time::Duration,
 };
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
@@ -38,6 +42,7 @@ pub struct Proxy {
     outbound: TcpListener,
     admin: TcpListener,
     discovery: Option<Arc<Discovery>>,
+    identity: Option<Arc<Identity>>,
 }
 
 /// One direction's listener and what its connections share.
@@ -51,6 +56,14 @@ struct Listener {
     forward: Option<SocketAddr>,
     /// The controller's answers about outbound targets.
     discovery: Option<Arc<Discovery>>,
+    /// Set inbound when the proxy has a mesh identity: TLS to it is
+    /// terminated here.
+    identity: Option<Arc<Identity>>,
+    /// Inbound ports that take only clients with a mesh identity.
+    require_identity: PortSet,
+    /// Set outbound when the proxy has a mesh identity: connections to
+    /// meshed endpoints are mesh TLS.
+    mesh_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 // === impl Proxy ===
@@ -61,12 +74,18 @@ impl Proxy {
         let bind = |name: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr).await.map_err(|source| BindError::Listen { name, addr, source })
         };
+        let identity = config.identity.clone().map(Identity::new);
+        // The controller's APIs are reached over mesh TLS where their
+        // names are given and this proxy has an identity to present.
+        let control_tls = |name: &Option<String>| {
+            identity.as_ref().zip(name.as_deref()).and_then(|(id, n)| id.control_tls(n))
+        };
         let discovery = match &config.discovery {
             None => None,
             Some(d) => Some(
                 Discovery::new(
-                    &d.destination_addr,
-                    &d.policy_addr,
+                    (&d.destination_addr, control_tls(&d.destination_name)),
+                    (&d.policy_addr, control_tls(&d.policy_name)),
                     d.workload.clone(),
                     d.idle_timeout,
                     config.outbound.connect_timeout.max(Duration::from_secs(1)),
@@ -80,6 +99,7 @@ impl Proxy {
         };
         Ok(Self {
             discovery,
+            identity,
             inbound: bind(ENV_INBOUND_LISTEN_ADDR, config.inbound.addr).await?,
             outbound: bind(ENV_OUTBOUND_LISTEN_ADDR, config.outbound.addr).await?,
             admin: bind(ENV_ADMIN_LISTEN_ADDR, config.admin_addr).await?,
@@ -112,11 +132,22 @@ impl Proxy {
         );
         let listener = |direction, config: &ListenerConfig, own_addr, forward| {
             let discovery = self.discovery.clone().filter(|_| direction == Direction::Outbound);
+            // Outbound connections to meshed endpoints are mesh TLS.
+            let mesh_tls = self
+                .identity
+                .as_ref()
+                .filter(|_| direction == Direction::Outbound)
+                .map(|id| id.client_tls.clone());
             Arc::new(Listener {
                 direction,
                 http: Arc::new(HttpProxy {
                     direction,
-                    clients: Clients::new(direction, config.connect_timeout, self.metrics.clone()),
+                    clients: Clients::new(
+                        direction,
+                        config.connect_timeout,
+                        self.metrics.clone(),
+                        mesh_tls.clone(),
+                    ),
                     metrics: self.metrics.clone(),
                     ingress_mode: direction == Direction::Outbound && self.config.ingress_mode,
                     own_addr,
@@ -124,6 +155,12 @@ impl Proxy {
                     discovery: discovery.clone(),
                 }),
                 discovery,
+                identity: self.identity.clone().filter(|_| direction == Direction::Inbound),
+                mesh_tls,
+                require_identity: match direction {
+                    Direction::Inbound => self.config.require_identity_ports.clone(),
+                    Direction::Outbound => PortSet::default(),
+                },
                 config: config.clone(),
                 metrics: self.metrics.clone(),
                 drain: self.drain.clone(),
@@ -134,7 +171,12 @@ impl Proxy {
             listener(Direction::Inbound, &self.config.inbound, own_addrs[0], self.config.inbound_forward);
         let outbound = listener(Direction::Outbound, &self.config.outbound, own_addrs[1], None);
 
-        let ready = Arc::new(AtomicBool::new(true));
+        // With an identity, the proxy is ready once it is certified.
+        let ready = Arc::new(AtomicBool::new(self.identity.is_none()));
+        let identity_task = self.identity.clone().map(|identity| {
+            let timeout = self.config.outbound.connect_timeout.max(Duration::from_secs(1));
+            tokio::spawn(identity.run(ready.clone(), self.metrics.clone(), timeout))
+        });
         let admin = Arc::new(Admin {
             metrics: self.metrics.clone(),
             ready,
@@ -157,6 +199,9 @@ impl Proxy {
             tracing::warn!(connections = left, ?grace, "grace period over; closing the rest");
         }
         admin_task.abort();
+        if let Some(task) = identity_task {
+            task.abort();
+        }
         left
     }
 }
@@ -184,10 +229,10 @@ impl Listener {
         }
     }
 
-    async fn serve(&self, sock: TcpStream, client: SocketAddr) {
+    async fn serve(&self, mut sock: TcpStream, client: SocketAddr) {
         let _ = sock.set_nodelay(true);
         let target = io::orig_dst(&sock).or(self.forward);
-        let tls = match self.direction {
+        let plain = match self.direction {
             Direction::Inbound => Tls::INBOUND_PLAIN,
             Direction::Outbound => Tls::OUTBOUND_PLAIN,
         };
@@ -201,25 +246,94 @@ impl Listener {
             }
             _ => None,
         };
+        // Inbound ports that require a mesh identity take only mesh TLS.
+        let requires_identity = self.direction == Direction::Inbound
+            && self.require_identity.contains(target.unwrap_or(local).port());
 
         // Ports whose clients or servers speak first skip detection.
         let opaque = |t: &SocketAddr| {
             self.config.opaque_ports.contains(t.port()) || service.as_ref().is_some_and(|s| s.opaque)
         };
-        if let Some(target) = target.filter(opaque) {
-            let sock = self.metered(sock, target, tls);
-            return self.forward_opaque(tcp::no_prefix(sock), target, tls, service.as_deref()).await;
+        if let Some(target) = target.filter(opaque).filter(|_| !requires_identity) {
+            let sock = self.metered(tcp::no_prefix(sock), target, plain.clone());
+            return self.forward_opaque(sock, target, plain, service.as_deref()).await;
         }
 
-        let mut sock = self.metered(sock, target.unwrap_or(local), tls);
-        let (detected, prefix) = match detect::detect(&mut sock, self.config.detect_timeout).await {
+        let (detected, mut prefix) = match detect::detect(&mut sock, self.config.detect_timeout).await {
             Ok(d) => d,
             Err(error) => {
                 tracing::debug!(%client, %error, "connection failed during detection");
                 return;
             }
         };
-        let io = PrefixedIo::new(prefix.freeze(), sock);
+        // A ClientHello for this proxy's own name is mesh TLS to terminate;
+        // any other TLS belongs to the application and passes through.
+        if let (Detected::Protocol(Protocol::Tls), Some(identity)) = (detected, &self.identity) {
+            let sni = detect::client_hello_sni(&mut sock, &mut prefix, self.config.detect_timeout).await;
+            if sni.as_deref() == Some(identity.local_name()) {
+                let io = PrefixedIo::new(prefix.freeze(), sock);
+                return self.serve_mesh_tls(io, identity, target, local, client, requires_identity).await;
+            }
+        }
+        if requires_identity {
+            tracing::info!(%client, port = target.unwrap_or(local).port(), "refused a client without a mesh identity");
+            return;
+        }
+        let io = self.metered(PrefixedIo::new(prefix.freeze(), sock), target.unwrap_or(local), plain.clone());
+        self.serve_detected(io, detected, client, target, service, plain).await
+    }
+
+    /// Terminates mesh TLS (inbound), then serves what the client speaks
+    /// inside it, with the client's identity in metrics and headers.
+    async fn serve_mesh_tls(
+        &self,
+        io: PrefixedIo<TcpStream>,
+        identity: &Identity,
+        target: Option<SocketAddr>,
+        local: SocketAddr,
+        client: SocketAddr,
+        requires_identity: bool,
+    ) {
+        let handshake = tokio_rustls::TlsAcceptor::from(identity.server_tls.clone()).accept(io);
+        let mut stream = match tokio::time::timeout(self.config.detect_timeout, handshake).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                tracing::info!(%client, %error, "mesh TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%client, "mesh TLS handshake timed out");
+                return;
+            }
+        };
+        let client_id = weft_identity::tls::peer_identity(stream.get_ref().1.peer_certificates());
+        if requires_identity && client_id.is_none() {
+            tracing::info!(%client, "refused a TLS client that presented no mesh identity");
+            return;
+        }
+        let tls = Tls::Mesh(client_id.map(Arc::from));
+        let (detected, prefix) = match detect::detect(&mut stream, self.config.detect_timeout).await {
+            Ok(d) => d,
+            Err(error) => {
+                tracing::debug!(%client, %error, "connection failed during detection");
+                return;
+            }
+        };
+        let io = self.metered(PrefixedIo::new(prefix.freeze(), stream), target.unwrap_or(local), tls.clone());
+        self.serve_detected(io, detected, client, target, None, tls).await
+    }
+
+    async fn serve_detected<I>(
+        &self,
+        io: MeteredIo<I>,
+        detected: Detected,
+        client: SocketAddr,
+        target: Option<SocketAddr>,
+        service: Option<Arc<ServiceRoute>>,
+        tls: Tls,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         match detected {
             Detected::Protocol(Protocol::Http1) => {
                 self.serve_http(io, Proto::Http1, target, service, tls).await
@@ -241,24 +355,28 @@ impl Listener {
         }
     }
 
-    fn metered(&self, sock: TcpStream, target: SocketAddr, tls: Tls) -> MeteredIo<TcpStream> {
+    fn metered<I>(&self, io: I, target: SocketAddr, tls: Tls) -> MeteredIo<I> {
         let labels =
             TcpLabels { direction: self.direction, peer: Peer::Src, target_addr: target, tls, dst: None };
-        MeteredIo::new(sock, self.metrics.tcp(labels))
+        MeteredIo::new(io, self.metrics.tcp(labels))
     }
 
     /// Forwards a connection as TCP: to an endpoint of its service, picked
     /// per connection, or else to where it was going.
-    async fn forward_opaque(
-        &self,
-        io: PrefixedIo<MeteredIo<TcpStream>>,
-        target: SocketAddr,
-        tls: Tls,
-        service: Option<&ServiceRoute>,
-    ) {
-        let timeout = self.config.connect_timeout;
+    async fn forward_opaque<I>(&self, io: I, target: SocketAddr, tls: Tls, service: Option<&ServiceRoute>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+    {
+        let upstream = |addr, tls, dst, mesh| tcp::Upstream {
+            addr,
+            connect_timeout: self.config.connect_timeout,
+            direction: self.direction,
+            tls,
+            dst,
+            mesh,
+        };
         let Some(service) = service else {
-            return tcp::forward(io, target, timeout, self.direction, tls, None, &self.metrics).await;
+            return tcp::forward(io, upstream(target, tls, None, None), &self.metrics).await;
         };
         let Some(picked) = service.balancer.pick_within(service.failfast).await else {
             tracing::info!(service = %service.name, "no endpoints; closing the connection");
@@ -266,18 +384,27 @@ impl Listener {
         };
         // `picked` counts the connection as in flight at its endpoint.
         let dst = Some(picked.labels().clone());
-        tcp::forward(io, picked.addr(), timeout, self.direction, tls, dst, &self.metrics).await;
+        // Mesh TLS where the endpoint has an identity, except on opaque
+        // ports: the server's proxy does not look at those connections
+        // (weft has no opaque transport yet), so they stay as they are.
+        let mesh = match (&self.mesh_tls, &picked.meta().identity) {
+            (Some(config), Some(id)) if !service.opaque => Some((config.clone(), id.clone())),
+            _ => None,
+        };
+        tcp::forward(io, upstream(picked.addr(), tls, dst, mesh), &self.metrics).await;
         drop(picked);
     }
 
-    async fn serve_http(
+    async fn serve_http<I>(
         &self,
-        io: PrefixedIo<MeteredIo<TcpStream>>,
+        io: MeteredIo<I>,
         proto: Proto,
         target: Option<SocketAddr>,
         service: Option<Arc<ServiceRoute>>,
         tls: Tls,
-    ) {
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let svc = ConnService::new(self.http.clone(), proto, target, service, tls);
         let io = TokioIo::new(io);
         let result = match proto {

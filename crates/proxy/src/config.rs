@@ -27,6 +27,18 @@ pub const ENV_DESTINATION_SVC_ADDR: &str = "LINKERD2_PROXY_DESTINATION_SVC_ADDR"
 pub const ENV_POLICY_SVC_ADDR: &str = "LINKERD2_PROXY_POLICY_SVC_ADDR";
 pub const ENV_POLICY_WORKLOAD: &str = "LINKERD2_PROXY_POLICY_WORKLOAD";
 pub const ENV_DISCOVERY_IDLE_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_DISCOVERY_IDLE_TIMEOUT";
+pub const ENV_IDENTITY_DISABLED: &str = "LINKERD2_PROXY_IDENTITY_DISABLED";
+pub const ENV_IDENTITY_DIR: &str = "LINKERD2_PROXY_IDENTITY_DIR";
+pub const ENV_IDENTITY_TRUST_ANCHORS: &str = "LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS";
+pub const ENV_IDENTITY_TOKEN_FILE: &str = "LINKERD2_PROXY_IDENTITY_TOKEN_FILE";
+pub const ENV_IDENTITY_LOCAL_NAME: &str = "LINKERD2_PROXY_IDENTITY_LOCAL_NAME";
+pub const ENV_IDENTITY_SVC_ADDR: &str = "LINKERD2_PROXY_IDENTITY_SVC_ADDR";
+pub const ENV_IDENTITY_SVC_NAME: &str = "LINKERD2_PROXY_IDENTITY_SVC_NAME";
+pub const ENV_IDENTITY_MIN_REFRESH: &str = "LINKERD2_PROXY_IDENTITY_MIN_REFRESH";
+pub const ENV_IDENTITY_MAX_REFRESH: &str = "LINKERD2_PROXY_IDENTITY_MAX_REFRESH";
+pub const ENV_DESTINATION_SVC_NAME: &str = "LINKERD2_PROXY_DESTINATION_SVC_NAME";
+pub const ENV_POLICY_SVC_NAME: &str = "LINKERD2_PROXY_POLICY_SVC_NAME";
+pub const ENV_INBOUND_PORTS_REQUIRE_IDENTITY: &str = "LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_IDENTITY";
 /// weft's own: where inbound connections go when they were not redirected by
 /// iptables (local mode on 127.0.0.0/8, where there is no `SO_ORIGINAL_DST`).
 pub const ENV_INBOUND_FORWARD: &str = "WEFT_PROXY_INBOUND_FORWARD";
@@ -51,6 +63,27 @@ pub struct Config {
     /// The controller, when there is one: without it, outbound traffic
     /// goes to its original destination.
     pub discovery: Option<DiscoveryConfig>,
+    /// Mesh identity; without it, the proxy neither originates nor
+    /// terminates mesh TLS.
+    pub identity: Option<IdentityConfig>,
+    /// Inbound ports that accept only clients with a mesh identity.
+    pub require_identity_ports: PortSet,
+}
+
+#[derive(Clone, Debug)]
+pub struct IdentityConfig {
+    /// This proxy's identity (`sa.ns.serviceaccount.identity.weft.cluster.local`).
+    pub local_name: String,
+    /// The trust anchors (PEM), as given.
+    pub trust_anchors: weft_identity::TrustAnchors,
+    pub token_file: std::path::PathBuf,
+    /// `host:port` of the identity CA, and the identity it presents.
+    pub svc_addr: String,
+    pub svc_name: String,
+    /// Renewal happens at 70% of a certificate's life, but never sooner
+    /// than `min_refresh` nor later than `max_refresh` after issuance.
+    pub min_refresh: Duration,
+    pub max_refresh: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +94,10 @@ pub struct DiscoveryConfig {
     pub policy_addr: String,
     /// Who this proxy is, as the policy API takes it (`ns:name`).
     pub workload: String,
+    /// The identities the Destination and policy APIs present: where set
+    /// (and the proxy has an identity), they are reached over mesh TLS.
+    pub destination_name: Option<String>,
+    pub policy_name: Option<String>,
     pub idle_timeout: Duration,
 }
 
@@ -142,15 +179,25 @@ impl Config {
             log_format: env.parse(ENV_LOG_FORMAT, parse_log_format)?.unwrap_or(LogFormat::Plain),
             inbound_forward: env.parse(ENV_INBOUND_FORWARD, parse_addr)?,
             discovery: None,
+            identity: None,
+            require_identity_ports: env
+                .parse(ENV_INBOUND_PORTS_REQUIRE_IDENTITY, PortSet::parse)?
+                .unwrap_or_default(),
         };
         let mut config = config;
+        config.identity = identity_config(&env)?;
         if let Some(destination_addr) = env.parse(ENV_DESTINATION_SVC_ADDR, parse_svc_addr)? {
+            let destination_name = env.parse(ENV_DESTINATION_SVC_NAME, parse_identity_name)?;
             config.discovery = Some(DiscoveryConfig {
                 policy_addr: env
                     .parse(ENV_POLICY_SVC_ADDR, parse_svc_addr)?
                     .unwrap_or_else(|| destination_addr.clone()),
                 destination_addr,
                 workload: env.parse(ENV_POLICY_WORKLOAD, |s| Ok(s.to_string()))?.unwrap_or_default(),
+                policy_name: env
+                    .parse(ENV_POLICY_SVC_NAME, parse_identity_name)?
+                    .or_else(|| destination_name.clone()),
+                destination_name,
                 idle_timeout: env
                     .parse(ENV_DISCOVERY_IDLE_TIMEOUT, parse_duration)?
                     .unwrap_or(Duration::from_secs(5)),
@@ -180,6 +227,62 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Identity is on when its variables are set, and then all of them must
+/// be; `LINKERD2_PROXY_IDENTITY_DISABLED` turns it off whatever else is set.
+fn identity_config<F: Fn(&str) -> Option<String>>(
+    env: &Env<'_, F>,
+) -> Result<Option<IdentityConfig>, EnvError> {
+    if env.parse(ENV_IDENTITY_DISABLED, |_| Ok(()))?.is_some() {
+        return Ok(None);
+    }
+    let local_name = env.parse(ENV_IDENTITY_LOCAL_NAME, parse_identity_name)?;
+    let anchors = env.parse(ENV_IDENTITY_TRUST_ANCHORS, |pem| {
+        weft_identity::TrustAnchors::from_pem(pem).map_err(|e| e.to_string())
+    })?;
+    let token_file = env.parse(ENV_IDENTITY_TOKEN_FILE, |s| Ok(std::path::PathBuf::from(s)))?;
+    let svc_addr = env.parse(ENV_IDENTITY_SVC_ADDR, parse_svc_addr)?;
+    let svc_name = env.parse(ENV_IDENTITY_SVC_NAME, parse_identity_name)?;
+    let any = local_name.is_some()
+        || anchors.is_some()
+        || token_file.is_some()
+        || svc_addr.is_some()
+        || svc_name.is_some();
+    if !any {
+        return Ok(None);
+    }
+    let missing = |name: &'static str| EnvError {
+        name,
+        value: String::new(),
+        reason: format!(
+            "it must be set when mesh identity is configured (or set {ENV_IDENTITY_DISABLED}=true)"
+        ),
+    };
+    let config = IdentityConfig {
+        local_name: local_name.ok_or_else(|| missing(ENV_IDENTITY_LOCAL_NAME))?,
+        trust_anchors: anchors.ok_or_else(|| missing(ENV_IDENTITY_TRUST_ANCHORS))?,
+        token_file: token_file.ok_or_else(|| missing(ENV_IDENTITY_TOKEN_FILE))?,
+        svc_addr: svc_addr.ok_or_else(|| missing(ENV_IDENTITY_SVC_ADDR))?,
+        svc_name: svc_name.ok_or_else(|| missing(ENV_IDENTITY_SVC_NAME))?,
+        min_refresh: env.parse(ENV_IDENTITY_MIN_REFRESH, parse_duration)?.unwrap_or(Duration::from_secs(10)),
+        max_refresh: env
+            .parse(ENV_IDENTITY_MAX_REFRESH, parse_duration)?
+            .unwrap_or(Duration::from_secs(86_400)),
+    };
+    let _ = env.parse(ENV_IDENTITY_DIR, |_| Ok(()))?; // Linkerd's; weft keeps its key in memory.
+    Ok(Some(config))
+}
+
+/// An identity as TLS names it: a DNS name.
+fn parse_identity_name(s: &str) -> Result<String, String> {
+    rustls_pki_types::ServerName::try_from(s)
+        .ok()
+        .filter(|n| matches!(n, rustls_pki_types::ServerName::DnsName(_)))
+        .map(|_| s.to_string())
+        .ok_or_else(|| {
+            "expected a DNS-like identity, such as web.shop.serviceaccount.identity.weft.cluster.local".into()
+        })
 }
 
 struct Env<'a, F>(&'a F);

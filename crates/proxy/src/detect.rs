@@ -34,6 +34,45 @@ pub enum Detected {
     Empty,
 }
 
+/// The largest ClientHello read to find the server name it asks for.
+const MAX_CLIENT_HELLO: usize = 64 * 1024;
+
+/// Reads the rest of a TLS ClientHello into `buf` (which holds its start)
+/// and returns the server name it asks for. rustls parses it: weft does not
+/// hand-parse TLS. `None` when there is no name, the hello is malformed or
+/// too large, or the client stalls past `timeout`; the bytes read stay in
+/// `buf` either way, to be replayed.
+pub async fn client_hello_sni<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    timeout: Duration,
+) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut fed = 0;
+    loop {
+        while fed < buf.len() {
+            match acceptor.read_tls(&mut &buf[fed..]) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => fed += n,
+            }
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => return accepted.client_hello().server_name().map(str::to_string),
+            Ok(None) => {}
+            Err(_) => return None,
+        }
+        if buf.len() >= MAX_CLIENT_HELLO {
+            return None;
+        }
+        buf.reserve(4096);
+        match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return None,
+        }
+    }
+}
+
 /// Classifies a prefix; `None` means more bytes are needed to decide.
 pub fn classify(buf: &[u8]) -> Option<Protocol> {
     if buf.is_empty() {

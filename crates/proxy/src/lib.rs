@@ -8,10 +8,12 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod control;
 pub mod detect;
 pub mod discovery;
 pub mod drain;
 pub mod http;
+pub mod identity;
 pub mod io;
 pub mod metrics;
 pub mod tcp;

@@ -53,12 +53,16 @@ pub enum Peer {
 }
 
 /// The `tls` label and, when there is no TLS, why not.
-#[derive(Copy, Clone, Debug, Hash, PartialEq, Eq)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub enum Tls {
     /// Plaintext; the reason is Linkerd's `no_tls_reason` value.
     None(&'static str),
     /// A TLS stream the proxy did not terminate and passed on as it was.
     Passthru,
+    /// Mesh TLS, with the peer's verified identity: `client_id` inbound
+    /// (none when the client presented no certificate), `server_id`
+    /// outbound.
+    Mesh(Option<Arc<str>>),
 }
 
 impl Tls {
@@ -126,6 +130,8 @@ pub struct Metrics {
     tcp_read_bytes: Family<TcpLabels, Counter>,
     tcp_write_bytes: Family<TcpLabels, Counter>,
     tcp_duration: Family<CloseLabels, Histogram>,
+    identity_expiry: Gauge,
+    identity_refreshes: Counter,
 }
 
 /// The handles one connection records into.
@@ -183,6 +189,18 @@ impl Metrics {
             tcp_write_bytes.clone(),
         );
         registry.register("tcp_connection_duration_ms", "Connection lifetimes", tcp_duration.clone());
+        let identity_expiry = Gauge::default();
+        registry.register(
+            "identity_cert_expiration_timestamp_seconds",
+            "When this proxy's certificate expires (0 until it has one)",
+            identity_expiry.clone(),
+        );
+        let identity_refreshes = Counter::default();
+        registry.register(
+            "identity_cert_refresh_count",
+            "Certificates this proxy has been issued",
+            identity_refreshes.clone(),
+        );
         Arc::new(Self {
             registry,
             requests,
@@ -194,7 +212,16 @@ impl Metrics {
             tcp_read_bytes,
             tcp_write_bytes,
             tcp_duration,
+            identity_expiry,
+            identity_refreshes,
         })
+    }
+
+    /// Records a newly installed certificate.
+    pub fn identity_refreshed(&self, not_after: std::time::SystemTime) {
+        let secs = not_after.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        self.identity_expiry.set(secs as i64);
+        self.identity_refreshes.inc();
     }
 
     /// The Prometheus (OpenMetrics) text exposition.
@@ -287,14 +314,25 @@ impl Direction {
     }
 }
 
-fn encode_tls(tls: Tls, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+fn encode_tls(tls: &Tls, direction: Direction, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
     use prometheus_client::encoding::EncodeLabel;
     match tls {
         Tls::None(reason) => {
             ("tls", "no_identity").encode(encoder.encode_label())?;
-            ("no_tls_reason", reason).encode(encoder.encode_label())
+            ("no_tls_reason", *reason).encode(encoder.encode_label())
         }
         Tls::Passthru => ("tls", "passthru").encode(encoder.encode_label()),
+        Tls::Mesh(id) => {
+            ("tls", "true").encode(encoder.encode_label())?;
+            let name = match direction {
+                Direction::Inbound => "client_id",
+                Direction::Outbound => "server_id",
+            };
+            match id {
+                Some(id) => (name, &**id).encode(encoder.encode_label()),
+                None => Ok(()),
+            }
+        }
     }
 }
 
@@ -304,7 +342,7 @@ impl EncodeLabelSet for HttpLabels {
         ("direction", self.direction.as_str()).encode(encoder.encode_label())?;
         ("authority", &*self.authority).encode(encoder.encode_label())?;
         ("target_addr", Shown(self.target_addr)).encode(encoder.encode_label())?;
-        encode_tls(self.tls, encoder)?;
+        encode_tls(&self.tls, self.direction, encoder)?;
         for (name, value) in self.dst.iter().flat_map(|d| d.iter()) {
             (name.as_str(), value.as_str()).encode(encoder.encode_label())?;
         }
@@ -355,7 +393,7 @@ impl EncodeLabelSet for TcpLabels {
         };
         ("peer", peer).encode(encoder.encode_label())?;
         ("target_addr", Shown(self.target_addr)).encode(encoder.encode_label())?;
-        encode_tls(self.tls, encoder)?;
+        encode_tls(&self.tls, self.direction, encoder)?;
         for (name, value) in self.dst.iter().flat_map(|d| d.iter()) {
             (name.as_str(), value.as_str()).encode(encoder.encode_label())?;
         }

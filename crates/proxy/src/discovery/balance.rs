@@ -22,11 +22,21 @@ use tokio::sync::watch;
 /// An endpoint's `dst_*` metric labels.
 pub type DstLabels = Arc<[(String, String)]>;
 
+/// What discovery says about an endpoint besides its address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointMeta {
+    /// `dst_*` metric labels for requests sent here.
+    pub labels: DstLabels,
+    /// The mesh identity its proxy presents: connections to it are mesh TLS.
+    pub identity: Option<Arc<str>>,
+    /// Its proxy takes HTTP/2: HTTP/1 requests are carried over HTTP/2.
+    pub http2: bool,
+}
+
 /// One endpoint as the balancer sees it.
 pub struct Endpoint {
     pub addr: SocketAddr,
-    /// `dst_*` metric labels for requests sent here.
-    pub labels: DstLabels,
+    pub meta: EndpointMeta,
     pending: AtomicUsize,
     ewma: Mutex<Ewma>,
 }
@@ -65,15 +75,15 @@ impl Balancer {
 
     /// Replaces the endpoint set; endpoints that stay keep their state, and
     /// requests in flight to removed ones finish undisturbed.
-    pub fn update(&self, next: Vec<(SocketAddr, DstLabels)>) {
+    pub fn update(&self, next: Vec<(SocketAddr, EndpointMeta)>) {
         let current = self.endpoints.borrow().clone();
         let endpoints: Vec<Arc<Endpoint>> = next
             .into_iter()
-            .map(|(addr, labels)| match current.iter().find(|e| e.addr == addr && e.labels == labels) {
+            .map(|(addr, meta)| match current.iter().find(|e| e.addr == addr && e.meta == meta) {
                 Some(existing) => existing.clone(),
                 None => Arc::new(Endpoint {
                     addr,
-                    labels,
+                    meta,
                     pending: AtomicUsize::new(0),
                     ewma: Mutex::new(Ewma { estimate: self.default_rtt.as_nanos() as f64, updated: None }),
                 }),
@@ -163,7 +173,11 @@ impl InFlight {
     }
 
     pub fn labels(&self) -> &DstLabels {
-        &self.endpoint.labels
+        &self.endpoint.meta.labels
+    }
+
+    pub fn meta(&self) -> &EndpointMeta {
+        &self.endpoint.meta
     }
 
     /// The response (head) came: its latency feeds the estimate.
@@ -204,8 +218,8 @@ fn fastrand(n: usize) -> usize {
 mod tests {
     use super::*;
 
-    fn addrs(n: u8) -> Vec<(SocketAddr, DstLabels)> {
-        (0..n).map(|i| (SocketAddr::from(([10, 0, 0, i + 1], 80)), Arc::from(Vec::new()))).collect()
+    fn addrs(n: u8) -> Vec<(SocketAddr, EndpointMeta)> {
+        (0..n).map(|i| (SocketAddr::from(([10, 0, 0, i + 1], 80)), EndpointMeta::default())).collect()
     }
 
     #[test]

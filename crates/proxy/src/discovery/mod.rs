@@ -12,6 +12,7 @@ pub mod balance;
 mod proto;
 
 use self::balance::Balancer;
+use crate::control::{self, Backoff, ControlTls};
 use linkerd2_proxy_api::{
     destination::{GetDestination, destination_client::DestinationClient, update},
     outbound::{TrafficSpec, outbound_policies_client::OutboundPoliciesClient, traffic_spec},
@@ -87,23 +88,15 @@ impl Discovery {
     /// `dst_addr` (`host:port`); connections are made lazily and remade
     /// with backoff.
     pub fn new(
-        dst_addr: &str,
-        policy_addr: &str,
+        dst: (&str, Option<ControlTls>),
+        policy: (&str, Option<ControlTls>),
         workload: String,
         idle_timeout: Duration,
         connect_timeout: Duration,
     ) -> Result<Arc<Self>, tonic::transport::Error> {
-        let channel = |addr: &str| -> Result<Channel, tonic::transport::Error> {
-            Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-                .connect_timeout(connect_timeout)
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(3))
-                .connect_lazy())
-        };
         let discovery = Arc::new(Self {
-            policy: OutboundPoliciesClient::new(channel(policy_addr)?),
-            dst: DestinationClient::new(channel(dst_addr)?),
+            policy: OutboundPoliciesClient::new(control::channel(policy.0, policy.1, connect_timeout)?),
+            dst: DestinationClient::new(control::channel(dst.0, dst.1, connect_timeout)?),
             workload,
             idle_timeout,
             targets: Mutex::new(HashMap::new()),
@@ -212,7 +205,7 @@ impl Discovery {
     async fn endpoints_loop(self: Arc<Self>, name: String, balancer: Weak<Balancer>) {
         let req = GetDestination { scheme: "k8s".into(), path: name.clone(), context_token: String::new() };
         let mut backoff = Backoff::default();
-        let mut endpoints: BTreeMap<SocketAddr, balance::DstLabels> = BTreeMap::new();
+        let mut endpoints: BTreeMap<SocketAddr, balance::EndpointMeta> = BTreeMap::new();
         while balancer.strong_count() > 0 {
             let mut client = self.dst.clone();
             if let Ok(rsp) = client.get(req.clone()).await {
@@ -236,8 +229,8 @@ impl Discovery {
                     }
                     match update.update {
                         Some(update::Update::Add(set)) => {
-                            for (addr, labels) in proto::endpoints(set) {
-                                endpoints.insert(addr, labels);
+                            for (addr, meta) in proto::endpoints(set) {
+                                endpoints.insert(addr, meta);
                             }
                         }
                         Some(update::Update::Remove(set)) => {
@@ -250,7 +243,7 @@ impl Discovery {
                     }
                     let Some(balancer) = balancer.upgrade() else { return };
                     tracing::debug!(%name, endpoints = endpoints.len(), "endpoints updated");
-                    balancer.update(endpoints.iter().map(|(a, l)| (*a, l.clone())).collect());
+                    balancer.update(endpoints.iter().map(|(a, m)| (*a, m.clone())).collect());
                 }
             }
             // The controller went away: keep the endpoints, retry.
@@ -273,23 +266,5 @@ impl Discovery {
                 keep
             });
         }
-    }
-}
-
-/// Exponential backoff with jitter, 100 ms to 5 s.
-#[derive(Default)]
-struct Backoff(u32);
-
-impl Backoff {
-    fn reset(&mut self) {
-        self.0 = 0;
-    }
-
-    async fn wait(&mut self) {
-        let base = Duration::from_millis(100) * 2u32.pow(self.0.min(6));
-        let base = base.min(Duration::from_secs(5));
-        let jitter = Duration::from_millis(u64::from(std::process::id() % 50));
-        self.0 += 1;
-        tokio::time::sleep(base + jitter).await;
     }
 }

@@ -1,9 +1,9 @@
 //! Protobuf to domain, once, at the edge: what weft-proxy uses of an
 //! outbound policy and of a destination update.
 
-use super::{PolicySpec, balance::DstLabels};
+use super::{PolicySpec, balance::EndpointMeta};
 use linkerd2_proxy_api::{
-    destination::WeightedAddrSet,
+    destination::{WeightedAddrSet, protocol_hint, tls_identity},
     outbound::{Backend, OutboundPolicy, backend, http_route, opaque_route, proxy_protocol},
 };
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -100,8 +100,9 @@ fn opaque_backend(opaque: &proxy_protocol::Opaque) -> Option<Backend> {
 }
 
 /// The endpoints of an `Add`, each with its `dst_*` metric labels (the
-/// set's labels, then the endpoint's own).
-pub(crate) fn endpoints(set: WeightedAddrSet) -> Vec<(SocketAddr, DstLabels)> {
+/// set's labels, then the endpoint's own), its mesh identity, and whether
+/// its proxy takes HTTP/2.
+pub(crate) fn endpoints(set: WeightedAddrSet) -> Vec<(SocketAddr, EndpointMeta)> {
     let mut common: Vec<(String, String)> =
         set.metric_labels.iter().map(|(k, v)| (format!("dst_{k}"), v.clone())).collect();
     common.sort();
@@ -114,7 +115,14 @@ pub(crate) fn endpoints(set: WeightedAddrSet) -> Vec<(SocketAddr, DstLabels)> {
                 wa.metric_labels.into_iter().map(|(k, v)| (format!("dst_{k}"), v)).collect();
             own.sort();
             labels.extend(own);
-            Some((addr, Arc::from(labels)))
+            let identity = wa.tls_identity.and_then(|id| match id.strategy? {
+                tls_identity::Strategy::DnsLikeIdentity(dns) => Some(Arc::from(dns.name)),
+                // URI identities are verified by the server name they carry.
+                tls_identity::Strategy::UriLikeIdentity(_) => id.server_name.map(|n| Arc::from(n.name)),
+            });
+            let http2 =
+                matches!(wa.protocol_hint.and_then(|h| h.protocol), Some(protocol_hint::Protocol::H2(_)));
+            Some((addr, EndpointMeta { labels: Arc::from(labels), identity, http2 }))
         })
         .collect()
 }

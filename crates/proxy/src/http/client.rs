@@ -42,14 +42,27 @@ pub struct Connector {
     timeout: Duration,
     direction: Direction,
     metrics: Arc<Metrics>,
+    /// Mesh TLS to the identity the endpoint's proxy must present.
+    tls: Option<(Arc<rustls::ClientConfig>, Arc<str>)>,
 }
 
-/// The clients of one direction, by endpoint and protocol.
+/// Where a client connects, how, and as whom the server must prove to be.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct ClientKey {
+    pub addr: SocketAddr,
+    pub proto: Proto,
+    /// The server's mesh identity; `None` is plaintext.
+    pub identity: Option<Arc<str>>,
+}
+
+/// The clients of one direction, by endpoint, protocol and identity.
 pub struct Clients {
     direction: Direction,
     connect_timeout: Duration,
     metrics: Arc<Metrics>,
-    cache: Mutex<HashMap<(SocketAddr, Proto), Cached>>,
+    /// Set when this proxy has a mesh identity (outbound).
+    tls: Option<Arc<rustls::ClientConfig>>,
+    cache: Mutex<HashMap<ClientKey, Cached>>,
 }
 
 struct Cached {
@@ -65,14 +78,28 @@ const CLIENT_IDLE: Duration = Duration::from_secs(300);
 // === impl Clients ===
 
 impl Clients {
-    pub fn new(direction: Direction, connect_timeout: Duration, metrics: Arc<Metrics>) -> Self {
-        Self { direction, connect_timeout, metrics, cache: Default::default() }
+    pub fn new(
+        direction: Direction,
+        connect_timeout: Duration,
+        metrics: Arc<Metrics>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Self {
+        Self { direction, connect_timeout, metrics, tls, cache: Default::default() }
+    }
+
+    /// Whether connections to meshed endpoints are mesh TLS.
+    pub fn meshed(&self) -> bool {
+        self.tls.is_some()
     }
 
     pub fn get(&self, addr: SocketAddr, proto: Proto) -> HttpClient {
+        self.get_key(ClientKey { addr, proto, identity: None })
+    }
+
+    pub fn get_key(&self, key: ClientKey) -> HttpClient {
         let now = Instant::now();
         let mut cache = self.cache.lock().expect("client cache lock");
-        if let Some(cached) = cache.get_mut(&(addr, proto)) {
+        if let Some(cached) = cache.get_mut(&key) {
             cached.last_used = now;
             return cached.client.clone();
         }
@@ -80,10 +107,11 @@ impl Clients {
         cache.retain(|_, c| now.duration_since(c.last_used) < CLIENT_IDLE);
         let client = {
             let connector = Connector {
-                addr,
+                addr: key.addr,
                 timeout: self.connect_timeout,
                 direction: self.direction,
                 metrics: self.metrics.clone(),
+                tls: self.tls.clone().zip(key.identity.clone()),
             };
             let mut builder = Client::builder(TokioExecutor::new());
             builder
@@ -95,7 +123,7 @@ impl Clients {
                 // sent once; the application decides about retries.
                 .retry_canceled_requests(false)
                 .set_host(false);
-            if proto == Proto::Http2 {
+            if key.proto == Proto::Http2 {
                 builder
                     .http2_only(true)
                     .http2_keep_alive_interval(Duration::from_secs(10))
@@ -104,7 +132,7 @@ impl Clients {
             }
             builder.build(connector)
         };
-        cache.insert((addr, proto), Cached { client: client.clone(), last_used: now });
+        cache.insert(key, Cached { client: client.clone(), last_used: now });
         client
     }
 }
@@ -121,17 +149,42 @@ impl tower_service::Service<http::Uri> for Connector {
     }
 
     fn call(&mut self, _: http::Uri) -> Self::Future {
-        let Connector { addr, timeout, direction, metrics } = self.clone();
+        let Connector { addr, timeout, direction, metrics, tls } = self.clone();
         Box::pin(async move {
+            let started = tokio::time::Instant::now();
             let stream = connect(addr, timeout).await?;
-            let tls = match direction {
-                Direction::Inbound => Tls::INBOUND_PLAIN,
-                Direction::Outbound => Tls::OUTBOUND_PLAIN,
+            let label = match (&tls, direction) {
+                (Some((_, id)), _) => Tls::Mesh(Some(id.clone())),
+                (None, Direction::Inbound) => Tls::INBOUND_PLAIN,
+                (None, Direction::Outbound) => Tls::OUTBOUND_PLAIN,
             };
-            let labels = TcpLabels { direction, peer: Peer::Dst, target_addr: addr, tls, dst: None };
-            Ok(TokioIo::new(Upstream(MeteredIo::new(stream, metrics.tcp(labels)))))
+            let labels = TcpLabels { direction, peer: Peer::Dst, target_addr: addr, tls: label, dst: None };
+            let stream = MeteredIo::new(stream, metrics.tcp(labels));
+            let Some((config, identity)) = tls else {
+                return Ok(TokioIo::new(Upstream::Plain(stream)));
+            };
+            // The handshake shares the connect timeout.
+            let stream = tokio::time::timeout_at(started + timeout, mesh_tls(stream, config, &identity))
+                .await
+                .map_err(|_| ConnectError::Timeout { addr, timeout })?
+                .map_err(|reason| ConnectError::Tls { addr, identity: identity.to_string(), reason })?;
+            Ok(TokioIo::new(Upstream::Tls(Box::new(stream))))
         })
     }
+}
+
+/// Originates mesh TLS over `io`, requiring the server to prove `identity`.
+pub async fn mesh_tls<I>(
+    io: I,
+    config: Arc<rustls::ClientConfig>,
+    identity: &str,
+) -> Result<tokio_rustls::client::TlsStream<I>, String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let name = rustls_pki_types::ServerName::try_from(identity.to_string())
+        .map_err(|e| format!("{identity:?} is not a DNS-like identity: {e}"))?;
+    tokio_rustls::TlsConnector::from(config).connect(name, io).await.map_err(|e| e.to_string())
 }
 
 /// Opens a TCP connection to an endpoint within `timeout`.
@@ -146,8 +199,12 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
     }
 }
 
-/// An upstream connection, counted into the transport metrics.
-pub struct Upstream(MeteredIo<TcpStream>);
+/// An upstream connection, counted into the transport metrics: plaintext,
+/// or mesh TLS over the counted TCP stream.
+pub enum Upstream {
+    Plain(MeteredIo<TcpStream>),
+    Tls(Box<tokio_rustls::client::TlsStream<MeteredIo<TcpStream>>>),
+}
 
 impl Connection for Upstream {
     fn connected(&self) -> Connected {
@@ -155,42 +212,56 @@ impl Connection for Upstream {
     }
 }
 
+macro_rules! each {
+    ($self:ident, $io:ident => $e:expr) => {
+        match $self.get_mut() {
+            Upstream::Plain($io) => {
+                let $io = Pin::new($io);
+                $e
+            }
+            Upstream::Tls($io) => {
+                let $io = Pin::new(&mut **$io);
+                $e
+            }
+        }
+    };
+}
+
 impl tokio::io::AsyncRead for Upstream {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        each!(self, io => io.poll_read(cx, buf))
     }
 }
 
 impl tokio::io::AsyncWrite for Upstream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        each!(self, io => io.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        each!(self, io => io.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        match self {
+            Upstream::Plain(io) => io.is_write_vectored(),
+            Upstream::Tls(io) => io.is_write_vectored(),
+        }
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        each!(self, io => io.poll_flush(cx))
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        each!(self, io => io.poll_shutdown(cx))
     }
 }

@@ -25,6 +25,8 @@ pub enum ProxyError {
     Upstream(String),
     #[error("{service} has no endpoints")]
     NoEndpoints { service: String },
+    #[error("mesh TLS to {addr} ({identity}) failed: {reason}")]
+    Tls { addr: SocketAddr, identity: String, reason: String },
 }
 
 impl ProxyError {
@@ -67,6 +69,7 @@ impl ProxyError {
             ProxyError::Loop { .. } => "loop",
             ProxyError::Upstream(_) => "upstream",
             ProxyError::NoEndpoints { .. } => "no_endpoints",
+            ProxyError::Tls { .. } => "tls",
         }
     }
 
@@ -111,6 +114,8 @@ pub enum ConnectError {
     Refused { addr: SocketAddr, kind: std::io::ErrorKind, reason: String },
     #[error("connect to {addr} timed out after {timeout:?}")]
     Timeout { addr: SocketAddr, timeout: Duration },
+    #[error("mesh TLS to {addr} ({identity}) failed: {reason}")]
+    Tls { addr: SocketAddr, identity: String, reason: String },
 }
 
 impl From<ConnectError> for ProxyError {
@@ -120,6 +125,7 @@ impl From<ConnectError> for ProxyError {
                 ProxyError::Connect { addr, source: std::io::Error::new(kind, reason) }
             }
             ConnectError::Timeout { addr, timeout } => ProxyError::ConnectTimeout { addr, timeout },
+            ConnectError::Tls { addr, identity, reason } => ProxyError::Tls { addr, identity, reason },
         }
     }
 }

@@ -9,7 +9,7 @@ pub mod headers;
 
 use self::{
     body::{ObservedBody, Recorder},
-    client::{Clients, HttpClient, Proto},
+    client::{ClientKey, Clients, HttpClient, Proto},
     error::ProxyError,
 };
 use crate::{
@@ -33,6 +33,11 @@ use std::{
 pub type ResponseBody = Either<ObservedBody, Full<Bytes>>;
 
 const L5D_DST_OVERRIDE: &str = "l5d-dst-override";
+/// The client's mesh identity, set by the inbound proxy (Linkerd's header).
+pub const L5D_CLIENT_ID: &str = "l5d-client-id";
+/// Marks an HTTP/1 request carried over HTTP/2 between proxies, with the
+/// version it had (Linkerd's header).
+pub const L5D_ORIG_PROTO: &str = "l5d-orig-proto";
 
 /// What all HTTP connections of one direction share.
 pub struct HttpProxy {
@@ -111,7 +116,15 @@ impl Conn {
                 None => return self.fail(None, ProxyError::NoAuthority, grpc),
             },
         };
-        let (target, client, picked) = match self.endpoint(&authority).await {
+        let upgrading = self.proto == Proto::Http1
+            && (req.method() == Method::CONNECT || headers::wants_upgrade(req.headers()));
+        // A meshed peer carried this HTTP/1 request over HTTP/2: it goes
+        // to the application as the HTTP/1 it was.
+        let downgrade = self.proxy.direction == Direction::Inbound
+            && self.proto == Proto::Http2
+            && req.headers_mut().remove(L5D_ORIG_PROTO).is_some();
+        let (target, client, picked, upgrade_h2) = match self.endpoint(&authority, upgrading, downgrade).await
+        {
             Ok(endpoint) => endpoint,
             Err(e) => return self.fail(None, e, grpc),
         };
@@ -122,14 +135,30 @@ impl Conn {
         }
 
         // Prepare the request for the next hop.
-        let upgrading = self.proto == Proto::Http1
-            && (req.method() == Method::CONNECT || headers::wants_upgrade(req.headers()));
         let keep_upgrade = upgrading && req.method() != Method::CONNECT;
         headers::strip_hop_by_hop(req.headers_mut(), keep_upgrade);
-        if self.proto == Proto::Http1 && !req.headers().contains_key(HOST) {
+        if (self.proto == Proto::Http1 || downgrade) && !req.headers().contains_key(HOST) {
             if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
                 req.headers_mut().insert(HOST, host);
             }
+        }
+        if self.proxy.direction == Direction::Inbound {
+            // Only this proxy says who the client is.
+            req.headers_mut().remove(L5D_CLIENT_ID);
+            if let Tls::Mesh(Some(id)) = &self.tls {
+                if let Ok(id) = HeaderValue::from_str(id) {
+                    req.headers_mut().insert(L5D_CLIENT_ID, id);
+                }
+            }
+        }
+        let orig_version = req.version();
+        if downgrade {
+            *req.version_mut() = http::Version::HTTP_11;
+        }
+        if upgrade_h2 {
+            let orig = if orig_version == http::Version::HTTP_10 { "HTTP/1.0" } else { "HTTP/1.1" };
+            req.headers_mut().insert(L5D_ORIG_PROTO, HeaderValue::from_static(orig));
+            *req.version_mut() = http::Version::HTTP_2;
         }
         *req.uri_mut() = absolute_uri(req.uri(), &authority);
         let downstream_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
@@ -138,6 +167,13 @@ impl Conn {
             Ok(rsp) => rsp,
             Err(e) => return self.fail(Some(&route), ProxyError::from_client(e), grpc),
         };
+        if upgrade_h2 {
+            rsp.headers_mut().remove(L5D_ORIG_PROTO);
+            *rsp.version_mut() = orig_version;
+        }
+        if downgrade {
+            rsp.headers_mut().insert(L5D_ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+        }
         let status = rsp.status();
         route.response_headers(status.as_u16(), started);
         if let Some(picked) = picked {
@@ -158,13 +194,21 @@ impl Conn {
     /// Where this request goes: an endpoint of the connection's service
     /// (balanced per request), the connection's original destination, or
     /// (ingress mode, or no original destination) what the authority names.
+    /// The last value says whether an HTTP/1 request is carried over
+    /// HTTP/2 to a meshed endpoint.
     async fn endpoint(
         &self,
         authority: &Authority,
-    ) -> Result<(SocketAddr, HttpClient, Option<InFlight>), ProxyError> {
+        upgrading: bool,
+        downgrade: bool,
+    ) -> Result<(SocketAddr, HttpClient, Option<InFlight>, bool), ProxyError> {
+        let clients = &self.proxy.clients;
         let service = match (&self.service, self.target, &self.client) {
             (Some(service), _, _) => Some(service.clone()),
-            (None, Some(t), Some(c)) => return Ok((t, c.clone(), None)),
+            (None, Some(t), Some(_)) if downgrade => {
+                return Ok((t, clients.get(t, Proto::Http1), None, false));
+            }
+            (None, Some(t), Some(c)) => return Ok((t, c.clone(), None, false)),
             _ => match &self.proxy.discovery {
                 Some(discovery) => match discovery.resolve(TargetKey::Authority(authority.to_string())).await
                 {
@@ -181,10 +225,18 @@ impl Conn {
                 .await
                 .ok_or_else(|| ProxyError::NoEndpoints { service: service.name.clone() })?;
             let addr = picked.addr();
-            return Ok((addr, self.proxy.clients.get(addr, self.proto), Some(picked)));
+            let meta = picked.meta();
+            let identity = meta.identity.clone().filter(|_| clients.meshed());
+            // Between proxies, HTTP/1 rides HTTP/2 so that many requests
+            // share one mesh-TLS connection (not upgrades: they need the
+            // HTTP/1 connection itself).
+            let upgrade_h2 = identity.is_some() && meta.http2 && self.proto == Proto::Http1 && !upgrading;
+            let proto = if upgrade_h2 { Proto::Http2 } else { self.proto };
+            let client = clients.get_key(ClientKey { addr, proto, identity });
+            return Ok((addr, client, Some(picked), upgrade_h2));
         }
         let t = resolve(authority).await?;
-        Ok((t, self.proxy.clients.get(t, self.proto), None))
+        Ok((t, clients.get(t, self.proto), None, false))
     }
 
     fn route(
@@ -208,7 +260,7 @@ impl Conn {
             authority: authority.as_str().into(),
             target_addr: target,
             dst: dst.cloned(),
-            tls: self.tls,
+            tls: self.tls.clone(),
         });
         *last = Some(route.clone());
         route
