@@ -42,6 +42,7 @@ pub enum TokenError {
 }
 
 /// The controller's token-signing key.
+#[derive(Clone)]
 pub struct TokenKey {
     key: hmac::Key,
     /// The key as it is stored (base64, one line).
