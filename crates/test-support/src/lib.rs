@@ -9,9 +9,11 @@
 //! silently.
 
 pub mod apps;
+mod capture;
 mod netns;
 mod proxy;
 
+pub use capture::Capture;
 pub use netns::{Net, Pod};
 pub use proxy::{LocalProxy, ProxyProcess, http_get, wait_for};
 

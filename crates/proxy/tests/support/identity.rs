@@ -60,7 +60,7 @@ impl TestCa {
     /// runtime.
     pub fn serve(&self, listener: tokio::net::TcpListener, lifetime: Duration) {
         let index = Arc::new(Mutex::new(weft_store::Index::new(weft_store::Config::default())));
-        weft_store::DirSource::new(&self.store()).watch(index.clone()).unwrap();
+        weft_store::DirSource::new(self.store()).watch(index.clone()).unwrap();
         let metrics = weft_controller::Metrics::new();
         let config = CaConfig {
             dir: self.dir.clone(),
