@@ -1,15 +1,19 @@
 //! weft-bench: what weft-proxy adds to a request.
 //!
-//! Two pairs of pods (network namespaces) on one bridge: one pair talks
-//! directly, the other through a client-side and a server-side weft-proxy
-//! with proxy-init's iptables redirection. The same open-loop load runs
-//! against both, and the table shows the difference: added latency at
-//! fixed rates, maximum throughput, and each proxy's memory and CPU.
+//! Pairs of pods (network namespaces) on one bridge: one pair talks
+//! directly, the others through a client-side and a server-side sidecar
+//! with proxy-init's iptables redirection: weft-proxy in plaintext,
+//! weft-proxy with mesh TLS (certified by a controller in a pod of its
+//! own, the server reached through a service), and Envoy. The same
+//! open-loop load runs against each, and the table shows the difference:
+//! added latency at fixed rates, maximum throughput, each proxy's memory
+//! and CPU, and mesh-TLS handshakes per second per core.
 //!
 //! Needs root (network namespaces). Run it with `bench/run`.
 
 mod envoy;
 mod load;
+mod mtls;
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -47,7 +51,9 @@ struct Path {
     /// The client's and the server's sidecar, if any.
     proxies: Option<(ProxyProcess, ProxyProcess)>,
     client: Pod,
-    _server: Pod,
+    server: Pod,
+    /// Where the client sends HTTP/1.1 and gRPC: the server pod, or a
+    /// service in front of it.
     http: SocketAddr,
     grpc: SocketAddr,
 }
@@ -69,6 +75,8 @@ fn main() -> anyhow::Result<()> {
     let direct = path(&net, "direct", |_| None);
     let env = [("LINKERD2_PROXY_LOG", "warn")];
     let mut meshed = vec![path(&net, "weft", |pod| Some(pod.start_proxy(&proxy_bin, &env)))];
+    let control = mtls::Control::start(&net);
+    meshed.push(control.path(&net, &proxy_bin));
     match &args.envoy {
         Some(envoy) => {
             let config = envoy::sidecar_config();
@@ -132,6 +140,13 @@ fn main() -> anyhow::Result<()> {
         println!("{name:<28} {client:>22.3} {server:>22.3}");
     }
     println!();
+    let mtls = meshed.iter().find(|p| p.name == "weft-mtls").expect("the mTLS path");
+    let (rate, per_core) = control.handshakes(mtls, duration.min(Duration::from_secs(5)))?;
+    println!(
+        "mesh-TLS handshakes (full, ECDSA P-256, client certificate) with the server sidecar: \
+         {rate:.0}/s from 4 clients, {per_core:.0} per second of the sidecar's CPU"
+    );
+    println!();
     for path in &meshed {
         let (client, server) = path.proxies.as_ref().expect("a meshed path has sidecars");
         println!(
@@ -158,7 +173,7 @@ fn path(net: &Net, name: &'static str, sidecar: impl Fn(&Pod) -> Option<ProxyPro
         http: (server.ip(), 8080).into(),
         grpc: (server.ip(), 50051).into(),
         client,
-        _server: server,
+        server,
     }
 }
 

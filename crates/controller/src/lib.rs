@@ -81,7 +81,7 @@ pub async fn serve_grpc(
             index: index.clone(),
             metrics: metrics.clone(),
         }),
-        outbound: OutboundPoliciesServer::new(OutboundService { index, metrics }),
+        outbound: OutboundPoliciesServer::new(OutboundService { index, metrics: metrics.clone() }),
         identity: ca.clone().map(|ca| IdentityServer::new(identity::IdentityService(ca))),
     };
     loop {
@@ -96,13 +96,18 @@ pub async fn serve_grpc(
         let _ = sock.set_nodelay(true);
         let router = router.clone();
         let ca = ca.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
-            let Some(ca) = ca else { return serve_conn(sock, router).await };
+            let Some(ca) = ca else {
+                metrics.connection(false);
+                return serve_conn(sock, router).await;
+            };
             let mut first = [0u8; 1];
             let tls = matches!(
                 tokio::time::timeout(std::time::Duration::from_secs(10), sock.peek(&mut first)).await,
                 Ok(Ok(1)) if first[0] == 0x16
             );
+            metrics.connection(tls);
             if !tls {
                 return serve_conn(sock, router).await;
             }

@@ -20,6 +20,11 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TlsLabels {
+    tls: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: String,
 }
@@ -32,6 +37,7 @@ pub struct Metrics {
     certify: Family<ResultLabels, Counter>,
     issuer_expiry: Gauge,
     issuer_reload_errors: Counter,
+    connections: Family<TlsLabels, Counter>,
 }
 
 /// An open watch: counted while it lives.
@@ -74,7 +80,14 @@ impl Metrics {
             "Changes to the identity directory that did not validate (the last good issuer stayed)",
             issuer_reload_errors.clone(),
         );
+        let connections = Family::default();
+        registry.register(
+            "grpc_connections",
+            "Connections accepted on the gRPC port, by whether they were mesh TLS",
+            connections.clone(),
+        );
         Arc::new(Self {
+            connections,
             registry,
             watches,
             resources,
@@ -93,6 +106,11 @@ impl Metrics {
 
     pub(crate) fn update_sent(&self, latency: std::time::Duration) {
         self.update_latency.observe(latency.as_secs_f64());
+    }
+
+    pub(crate) fn connection(&self, tls: bool) {
+        let tls = if tls { "true" } else { "false" };
+        self.connections.get_or_create(&TlsLabels { tls }).inc();
     }
 
     pub(crate) fn certify(&self, result: &'static str) {

@@ -8,14 +8,14 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls_pki_types::ServerName;
 use std::{
     net::SocketAddr,
     sync::{Arc, atomic::Ordering},
     time::{Duration, SystemTime},
 };
-use support::{identity::*, metric, *};
-use weft_identity::{Issuer, tls::LocalKey};
+use support::{metric, *};
+use weft_test_support::mesh_ca::{TestCa, env_refs, meshed_pod};
 use weft_test_support::{LocalProxy, apps, apps::HttpStats, http_get, wait_for};
 
 const AUTHORITY: &str = "web.shop.svc.cluster.local:80";
@@ -28,6 +28,7 @@ struct Meshed {
     app: SocketAddr,
     stats: Arc<HttpStats>,
     ca: TestCa,
+    controller: weft_test_support::mesh_ca::Controller,
 }
 
 impl Meshed {
@@ -83,14 +84,14 @@ impl Meshed {
             let (status, _) = http_get(proxy.admin, "/ready").await.unwrap();
             assert_eq!(status, 503, "ready before it had a certificate:\n{}", proxy.log());
         }
-        ca.serve(tokio::net::TcpListener::bind(controller).await.unwrap(), lifetime);
+        let controller = ca.serve(tokio::net::TcpListener::bind(controller).await.unwrap(), lifetime);
         for proxy in [&client, &server] {
             wait_for("the proxy to be certified and ready", Duration::from_secs(20), || async {
                 matches!(http_get(proxy.admin, "/ready").await, Ok((200, _)))
             })
             .await;
         }
-        Meshed { client, server, app, stats, ca }
+        Meshed { client, server, app, stats, ca, controller }
     }
 
     async fn metrics(proxy: &LocalProxy) -> String {
@@ -153,6 +154,12 @@ async fn meshed_proxies_speak_mutual_tls_and_carry_http1_over_http2() {
         mesh.server.inbound
     );
     assert_eq!(metric(&client, &outbound), Some(1.0), "{client}");
+    // Both proxies reached the controller (identity, destination, policy)
+    // over mesh TLS only.
+    let control = mesh.controller.metrics();
+    let tls = metric(&control, r#"weft_controller_grpc_connections_total{tls="true"}"#).unwrap_or(0.0);
+    assert!(tls >= 3.0, "{control}");
+    assert_eq!(metric(&control, r#"weft_controller_grpc_connections_total{tls="false"}"#), None, "{control}");
     for text in [&server, &client] {
         let expiry = metric(text, "identity_cert_expiration_timestamp_seconds").unwrap();
         let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs_f64();
@@ -184,28 +191,6 @@ async fn tls_get(
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// A client configuration presenting a certificate `issuer` signed for
-/// `name`, valid from `from` for `lifetime`.
-fn client_with_cert(
-    anchors: &weft_identity::TrustAnchors,
-    issuer: &Issuer,
-    name: &str,
-    from: SystemTime,
-    lifetime: Duration,
-) -> Arc<rustls::ClientConfig> {
-    let key = LocalKey::generate();
-    let leaf = issuer.issue(&[name], key.public_key(), lifetime, Duration::ZERO, from).unwrap();
-    let chain: Vec<CertificateDer<'static>> = std::iter::once(leaf.cert).chain(leaf.chain).collect();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.public_key().serialize_der()));
-    let config = rustls::ClientConfig::builder_with_provider(weft_identity::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(anchors.roots())
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-    Arc::new(config)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_without_a_valid_mesh_certificate_are_refused() {
     let mesh = Meshed::start("refuse", true, Duration::from_secs(3600)).await;
@@ -218,17 +203,17 @@ async fn peers_without_a_valid_mesh_certificate_are_refused() {
 
     // A peer with a certificate from this mesh's CA gets through: the
     // refusals below are about the certificates, not the test's client.
-    let good = client_with_cert(&anchors, &mesh.ca.issuer(), &db, now, day);
+    let good = mesh.ca.client_config(&mesh.ca.issuer(), &db, now, day);
     let (status, seen) = tls_get(inbound, good, &web).await.unwrap();
     assert_eq!(status, 200);
     assert!(seen.contains(&format!("l5d-client-id: {db}\n")), "{seen}");
 
     // Another mesh's CA.
     let other = TestCa::new("refuse-other");
-    let foreign = client_with_cert(&anchors, &other.issuer(), &db, now, day);
+    let foreign = mesh.ca.client_config(&other.issuer(), &db, now, day);
     let err = tls_get(inbound, foreign, &web).await.unwrap_err();
     // Expired yesterday.
-    let expired = client_with_cert(&anchors, &mesh.ca.issuer(), &db, now - 2 * day, day);
+    let expired = mesh.ca.client_config(&mesh.ca.issuer(), &db, now - 2 * day, day);
     let err2 = tls_get(inbound, expired, &web).await.unwrap_err();
     // No certificate, on a port that requires identity.
     let anonymous = weft_identity::tls::client_config(anchors.roots(), None);
@@ -243,7 +228,9 @@ async fn peers_without_a_valid_mesh_certificate_are_refused() {
     // client certificate is asked for, not demanded, at that point), but
     // no application data comes back.
     if std::process::Command::new("openssl").arg("version").output().is_err() {
-        println!("NOT RUN: the openssl s_client check: openssl is not installed (scripts/test installs it as root)");
+        println!(
+            "NOT RUN: the openssl s_client check: openssl is not installed (scripts/test installs it as root)"
+        );
         return;
     }
     let out = tokio::task::spawn_blocking(move || {
@@ -281,8 +268,7 @@ async fn certificates_renew_under_load_without_failed_requests() {
     let first_expiry =
         metric(&Meshed::metrics(&mesh.server).await, "identity_cert_expiration_timestamp_seconds");
 
-    let good = client_with_cert(
-        &mesh.ca.anchors(),
+    let good = mesh.ca.client_config(
         &mesh.ca.issuer(),
         &mesh.ca.identity("shop", "db"),
         SystemTime::now(),

@@ -5,7 +5,8 @@
 mod support;
 
 use std::{net::SocketAddr, time::Duration};
-use support::{identity::*, metric};
+use support::metric;
+use weft_test_support::mesh_ca::{TestCa, env_refs, meshed_pod};
 use weft_test_support::{Capture, Net, Pod, ProxyProcess, apps};
 
 const CANARY: &str = "x-weft-canary: plaintext-canary-4711";

@@ -10,10 +10,12 @@
 
 pub mod apps;
 mod capture;
+pub mod mesh_ca;
 mod netns;
 mod proxy;
 
 pub use capture::Capture;
+pub use mesh_ca::TestCa;
 pub use netns::{Net, Pod};
 pub use proxy::{LocalProxy, ProxyProcess, http_get, wait_for};
 

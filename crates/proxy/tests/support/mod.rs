@@ -2,8 +2,6 @@
 
 #![allow(dead_code)] // Each test binary uses part of it.
 
-pub mod identity;
-
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};

@@ -1,6 +1,7 @@
-//! A mesh CA for tests: `weft identity init` in a temporary directory, a
-//! controller serving it (with a store directory), and the environment a
-//! proxy needs to be certified by it.
+//! A mesh CA for tests and the benchmark: `weft identity init` in a
+//! temporary directory, a controller serving it (with a store directory),
+//! the environment a proxy needs to be certified by it, and client
+//! certificates for peers that are not proxies.
 
 use std::{
     net::SocketAddr,
@@ -10,6 +11,19 @@ use std::{
 };
 use weft_controller::identity::{Ca, CaConfig, LocalTokens};
 use weft_identity::{Issuer, Names, TokenKey, TrustAnchors, ca};
+
+/// A controller `TestCa::serve` started.
+pub struct Controller {
+    metrics: Arc<weft_controller::Metrics>,
+    index: weft_store::SharedIndex,
+}
+
+impl Controller {
+    /// Its `/metrics` text.
+    pub fn metrics(&self) -> String {
+        self.metrics.encode(&self.index)
+    }
+}
 
 pub struct TestCa {
     pub dir: PathBuf,
@@ -58,7 +72,7 @@ impl TestCa {
     /// Serves the controller (discovery from `store()`, and the CA, signing
     /// certificates valid for `lifetime`) on `listener`, in the current
     /// runtime.
-    pub fn serve(&self, listener: tokio::net::TcpListener, lifetime: Duration) {
+    pub fn serve(&self, listener: tokio::net::TcpListener, lifetime: Duration) -> Controller {
         let index = Arc::new(Mutex::new(weft_store::Index::new(weft_store::Config::default())));
         weft_store::DirSource::new(self.store()).watch(index.clone()).unwrap();
         let metrics = weft_controller::Metrics::new();
@@ -69,7 +83,8 @@ impl TestCa {
             clock_skew: Duration::from_secs(20),
         };
         let ca = Ca::load(config, Box::new(LocalTokens(self.tokens.clone())), metrics.clone()).unwrap();
-        tokio::spawn(weft_controller::serve_grpc(listener, index, metrics, Some(ca)));
+        tokio::spawn(weft_controller::serve_grpc(listener, index.clone(), metrics.clone(), Some(ca)));
+        Controller { metrics, index }
     }
 
     /// A token file for `ns/sa`.
@@ -109,4 +124,32 @@ pub fn meshed_pod(name: &str, ns: &str, app: &str, sa: &str, ip: &str) -> String
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{ name: {name}, namespace: {ns}, labels: {{ app: {app}, linkerd.io/control-plane-ns: weft }} }}\nspec: {{ serviceAccountName: {sa} }}\nstatus: {{ podIP: {ip} }}\n"
     )
+}
+
+impl TestCa {
+    /// A TLS client presenting a certificate `issuer` signed for `name`,
+    /// valid from `from` for `lifetime` (an expired one, if the test
+    /// wants), trusting this mesh's anchors.
+    pub fn client_config(
+        &self,
+        issuer: &Issuer,
+        name: &str,
+        from: SystemTime,
+        lifetime: Duration,
+    ) -> Arc<rustls::ClientConfig> {
+        let key = weft_identity::tls::LocalKey::generate();
+        let leaf = issuer.issue(&[name], key.public_key(), lifetime, Duration::ZERO, from).unwrap();
+        let chain: Vec<rustls_pki_types::CertificateDer<'static>> =
+            std::iter::once(leaf.cert).chain(leaf.chain).collect();
+        let key = rustls_pki_types::PrivateKeyDer::Pkcs8(rustls_pki_types::PrivatePkcs8KeyDer::from(
+            key.public_key().serialize_der(),
+        ));
+        let config = rustls::ClientConfig::builder_with_provider(weft_identity::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(self.anchors().roots())
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        Arc::new(config)
+    }
 }

@@ -1,0 +1,122 @@
+//! The mesh-TLS path: a controller with the identity CA in a pod of its
+//! own, a service in front of the server pod (so that the client's proxy
+//! discovers the endpoint and its identity), and weft-proxy sidecars that
+//! are certified before the load starts.
+
+use crate::{Path, path};
+use std::{
+    net::SocketAddr,
+    path::Path as FsPath,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+use weft_test_support::{
+    Net, Pod, TestCa,
+    mesh_ca::{env_refs, meshed_pod},
+};
+
+pub struct Control {
+    ca: TestCa,
+    addr: SocketAddr,
+    _pod: Pod,
+    _runtime: tokio::runtime::Runtime,
+}
+
+/// The cluster IP of the service in front of the mTLS path's server.
+const SERVICE_HOST: u8 = 220;
+
+impl Control {
+    pub fn start(net: &Net) -> Control {
+        let ca = TestCa::new("weft-bench");
+        let pod = net.pod("control");
+        let addr = SocketAddr::from((pod.ip(), 8086));
+        let runtime = pod.new_runtime();
+        let bind = runtime.spawn(async move { tokio::net::TcpListener::bind(addr).await });
+        let listener = runtime.block_on(bind).expect("the bind task").expect("binding the controller");
+        runtime.block_on(async { ca.serve(listener, Duration::from_secs(24 * 3600)) });
+        Control { ca, addr, _pod: pod, _runtime: runtime }
+    }
+
+    /// A client/server pair with mesh TLS between their proxies; the
+    /// client sends to the service, whose one endpoint is the server.
+    pub fn path(&self, net: &Net, proxy_bin: &FsPath) -> Path {
+        let service = net.address(SERVICE_HOST);
+        let proxy = |pod: &Pod, sa: &str| {
+            let mut env = self.ca.proxy_env("bench", sa, self.addr);
+            env.push(("LINKERD2_PROXY_LOG".into(), "warn".into()));
+            if sa == "client" {
+                env.push(("LINKERD2_PROXY_DESTINATION_SVC_ADDR".into(), self.addr.to_string()));
+                env.push(("LINKERD2_PROXY_POLICY_WORKLOAD".into(), "bench:client".into()));
+            }
+            pod.start_proxy(proxy_bin, &env_refs(&env))
+        };
+        let mut path = path(net, "weft-mtls", |_| None);
+        let store = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{ name: server, namespace: bench }}\nspec:\n  clusterIP: {service}\n  selector: {{ app: server }}\n  ports: [{{ name: http, port: 80, targetPort: 8080 }}, {{ name: grpc, port: 50051, targetPort: 50051 }}]\n---\n{}",
+            meshed_pod("server-0", "bench", "server", "server", &path.server.ip().to_string())
+        );
+        std::fs::write(self.ca.store().join("bench.yaml"), store).expect("writing the bench store");
+        path.proxies = Some((proxy(&path.client, "client"), proxy(&path.server, "server")));
+        path.http = (service, 80).into();
+        path.grpc = (service, 50051).into();
+        path
+    }
+
+    /// Full mesh-TLS handshakes (no resumption) with the server's sidecar
+    /// from 4 concurrent clients in the client pod for `duration`: the rate,
+    /// and the rate per second of the sidecar's CPU time.
+    pub fn handshakes(&self, path: &Path, duration: Duration) -> anyhow::Result<(f64, f64)> {
+        let (_, server_proxy) = path.proxies.as_ref().expect("the mTLS path has sidecars");
+        let mut config = (*self.ca.client_config(
+            &self.ca.issuer(),
+            &self.ca.identity("bench", "load"),
+            SystemTime::now(),
+            Duration::from_secs(3600),
+        ))
+        .clone();
+        config.resumption = rustls::client::Resumption::disabled();
+        let config = Arc::new(config);
+        let server_name = self.ca.identity("bench", "server");
+        let target = SocketAddr::from((path.server.ip(), 8080));
+        let cpu_before = server_proxy.cpu_time();
+        let done = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(AtomicU64::new(0));
+        let started = std::time::Instant::now();
+        let (d, e) = (done.clone(), errors.clone());
+        path.client.block_on(async move {
+            let deadline = tokio::time::Instant::now() + duration;
+            let clients = (0..4).map(|_| {
+                let (config, name, done, errors) =
+                    (config.clone(), server_name.clone(), d.clone(), e.clone());
+                tokio::spawn(async move {
+                    let name = rustls_pki_types::ServerName::try_from(name).expect("a DNS name");
+                    while tokio::time::Instant::now() < deadline {
+                        let connector = tokio_rustls::TlsConnector::from(config.clone());
+                        let result = async {
+                            let tcp = tokio::net::TcpStream::connect(target).await?;
+                            connector.connect(name.clone(), tcp).await
+                        };
+                        match result.await {
+                            Ok(_) => done.fetch_add(1, Ordering::Relaxed),
+                            Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                })
+            });
+            for client in clients.collect::<Vec<_>>() {
+                let _ = client.await;
+            }
+        });
+        let elapsed = started.elapsed().as_secs_f64();
+        let cpu = (server_proxy.cpu_time() - cpu_before).as_secs_f64();
+        let n = done.load(Ordering::Relaxed) as f64;
+        if errors.load(Ordering::Relaxed) > 0 {
+            println!("{} handshakes failed", errors.load(Ordering::Relaxed));
+        }
+        anyhow::ensure!(n > 0.0, "no mesh-TLS handshake with the server's sidecar succeeded");
+        Ok((n / elapsed, n / cpu.max(1e-9)))
+    }
+}
