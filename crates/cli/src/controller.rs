@@ -76,6 +76,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let ca = match &args.identity_dir {
             None => None,
             Some(id_dir) => {
+                if !id_dir.join(weft_identity::ca::ANCHOR_CERT).exists() {
+                    bail!(
+                        "--identity-dir {}: no identity there (create one with `weft identity init {}`)",
+                        id_dir.display(),
+                        id_dir.display()
+                    );
+                }
                 let tokens: Box<dyn TokenValidator> = match client {
                     Some(client) => Box::new(TokenReviews(client)),
                     None => {
