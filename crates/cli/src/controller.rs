@@ -32,6 +32,20 @@ pub struct Args {
     /// How long the certificates the CA signs are valid.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     identity_lifetime: Duration,
+    /// The policy of inbound ports no Server covers, unless a workload's or
+    /// namespace's `config.linkerd.io/default-inbound-policy` says
+    /// otherwise: all-unauthenticated, all-authenticated,
+    /// cluster-unauthenticated, cluster-authenticated, deny or audit.
+    #[arg(long, default_value = "all-unauthenticated", value_parser = parse_default_policy)]
+    default_inbound_policy: String,
+    /// The networks `cluster-*` policies admit (comma-separated CIDRs).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8",
+        value_parser = parse_net
+    )]
+    cluster_networks: Vec<ipnet::IpNet>,
     /// How far before now certificates are valid from, for clocks behind.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     identity_clock_skew: Duration,
@@ -119,7 +133,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "weft controller is serving"
         );
         tokio::spawn(weft_controller::serve_admin(admin, index.clone(), metrics.clone()));
-        tokio::spawn(weft_controller::serve_grpc(grpc, index, metrics, ca));
+        let inbound = weft_controller::inbound::InboundConfig {
+            default_policy: args.default_inbound_policy,
+            cluster_networks: args.cluster_networks,
+            control_plane_ns: args.names.control_plane_namespace.clone(),
+        };
+        tokio::spawn(weft_controller::serve_grpc_with(grpc, index, metrics, ca, inbound));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = term.recv() => {}
@@ -129,4 +148,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!("weft controller stopped");
         Ok(())
     })
+}
+
+fn parse_default_policy(s: &str) -> Result<String, String> {
+    let known = weft_store::policy::DEFAULT_POLICIES;
+    if known.contains(&s) { Ok(s.to_string()) } else { Err(format!("expected one of {}", known.join(", "))) }
+}
+
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    weft_store::policy::parse_net(s)
 }

@@ -5,6 +5,7 @@
 mod admin;
 mod destination;
 pub mod identity;
+pub mod inbound;
 mod metrics;
 pub mod outbound;
 mod profile;
@@ -20,6 +21,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use linkerd2_proxy_api::{
     destination::destination_server::DestinationServer, identity::identity_server::IdentityServer,
+    inbound::inbound_server_policies_server::InboundServerPoliciesServer,
     outbound::outbound_policies_server::OutboundPoliciesServer,
 };
 use std::{convert::Infallible, sync::Arc};
@@ -76,7 +78,23 @@ pub async fn serve_grpc(
     metrics: Arc<Metrics>,
     ca: Option<Arc<identity::Ca>>,
 ) {
+    serve_grpc_with(listener, index, metrics, ca, inbound::InboundConfig::default()).await
+}
+
+/// As [`serve_grpc`], with the inbound policy defaults given.
+pub async fn serve_grpc_with(
+    listener: TcpListener,
+    index: SharedIndex,
+    metrics: Arc<Metrics>,
+    ca: Option<Arc<identity::Ca>>,
+    inbound: inbound::InboundConfig,
+) {
     let router = Router {
+        inbound: InboundServerPoliciesServer::new(inbound::InboundService {
+            index: index.clone(),
+            metrics: metrics.clone(),
+            config: Arc::new(inbound),
+        }),
         destination: DestinationServer::new(DestinationService {
             index: index.clone(),
             metrics: metrics.clone(),
@@ -140,6 +158,7 @@ struct Router {
     destination: DestinationServer<DestinationService>,
     outbound: OutboundPoliciesServer<OutboundService>,
     identity: Option<IdentityServer<identity::IdentityService>>,
+    inbound: InboundServerPoliciesServer<inbound::InboundService>,
 }
 
 impl Router {
@@ -152,6 +171,9 @@ impl Router {
         }
         if service == <OutboundPoliciesServer<OutboundService> as NamedService>::NAME {
             return self.outbound.call(req).await;
+        }
+        if service == <InboundServerPoliciesServer<inbound::InboundService> as NamedService>::NAME {
+            return self.inbound.call(req).await;
         }
         if let Some(identity) = self.identity.as_mut() {
             if service == <IdentityServer<identity::IdentityService> as NamedService>::NAME {

@@ -38,6 +38,7 @@ pub struct Metrics {
     issuer_expiry: Gauge,
     issuer_reload_errors: Counter,
     connections: Family<TlsLabels, Counter>,
+    rejected: Gauge,
 }
 
 /// An open watch: counted while it lives.
@@ -86,7 +87,14 @@ impl Metrics {
             "Connections accepted on the gRPC port, by whether they were mesh TLS",
             connections.clone(),
         );
+        let rejected = Gauge::default();
+        registry.register(
+            "index_rejected",
+            "Resources (or whole files) the store could not use: malformed or invalid; the last good version stayed",
+            rejected.clone(),
+        );
         Arc::new(Self {
+            rejected,
             connections,
             registry,
             watches,
@@ -127,6 +135,7 @@ impl Metrics {
     }
 
     pub fn encode(&self, index: &SharedIndex) -> String {
+        self.rejected.set(crate::lock(index).rejected() as i64);
         for (kind, count) in crate::lock(index).counts() {
             self.resources.get_or_create(&KindLabels { kind: kind.to_string() }).set(count as i64);
         }

@@ -15,25 +15,25 @@ use weft_store::{Index, Kind, Resource, ServicePort};
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
-struct RouteSpec {
-    parent_refs: Vec<Ref>,
-    rules: Vec<RuleSpec>,
+pub(crate) struct RouteSpec {
+    pub(crate) parent_refs: Vec<Ref>,
+    pub(crate) rules: Vec<RuleSpec>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
-struct Ref {
-    group: Option<String>,
-    kind: Option<String>,
-    name: String,
-    namespace: Option<String>,
+pub(crate) struct Ref {
+    pub(crate) group: Option<String>,
+    pub(crate) kind: Option<String>,
+    pub(crate) name: String,
+    pub(crate) namespace: Option<String>,
     port: Option<u16>,
     weight: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
-struct RuleSpec {
+pub(crate) struct RuleSpec {
     matches: Vec<MatchSpec>,
     backend_refs: Vec<Ref>,
 }
@@ -84,7 +84,7 @@ fn attached<'a>(
     })
 }
 
-fn metadata(resource: &Resource, group: &str, kind: &str) -> Metadata {
+pub(crate) fn metadata(resource: &Resource, group: &str, kind: &str) -> Metadata {
     let meta = resource.metadata();
     Metadata {
         kind: Some(metadata::Kind::Resource(MetaResource {
@@ -120,6 +120,47 @@ fn backends(
         .collect()
 }
 
+/// A rule's HTTP matches, as the proxy API spells them.
+pub(crate) fn http_matches(rule: &RuleSpec) -> Vec<HttpRouteMatch> {
+    rule.matches
+        .iter()
+        .map(|m| HttpRouteMatch {
+            path: m.path.as_ref().map(|p| {
+                let value = p.value.clone().unwrap_or_else(|| "/".into());
+                PathMatch {
+                    kind: Some(match p.kind.as_deref() {
+                        Some("Exact") => path_match::Kind::Exact(value),
+                        Some("RegularExpression") => path_match::Kind::Regex(value),
+                        _ => path_match::Kind::Prefix(value),
+                    }),
+                }
+            }),
+            headers: headers(&m.headers),
+            method: m
+                .method
+                .as_ref()
+                .and_then(|v| v.as_str())
+                .and_then(|v| http::Method::from_bytes(v.as_bytes()).ok())
+                .map(HttpMethod::from),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// A rule's gRPC matches.
+pub(crate) fn grpc_matches(rule: &RuleSpec) -> Vec<GrpcRouteMatch> {
+    rule.matches
+        .iter()
+        .map(|m| GrpcRouteMatch {
+            rpc: m.method.as_ref().map(|method| GrpcRpcMatch {
+                service: method.get("service").and_then(|s| s.as_str()).unwrap_or_default().into(),
+                method: method.get("method").and_then(|s| s.as_str()).unwrap_or_default().into(),
+            }),
+            headers: headers(&m.headers),
+        })
+        .collect()
+}
+
 fn headers(specs: &[HeaderSpec]) -> Vec<HeaderMatch> {
     specs
         .iter()
@@ -146,30 +187,7 @@ pub(crate) fn http_routes(index: &Index, sp: &ServicePort) -> Vec<HttpRoute> {
                 .rules
                 .iter()
                 .map(|rule| http_route::Rule {
-                    matches: rule
-                        .matches
-                        .iter()
-                        .map(|m| HttpRouteMatch {
-                            path: m.path.as_ref().map(|p| {
-                                let value = p.value.clone().unwrap_or_else(|| "/".into());
-                                PathMatch {
-                                    kind: Some(match p.kind.as_deref() {
-                                        Some("Exact") => path_match::Kind::Exact(value),
-                                        Some("RegularExpression") => path_match::Kind::Regex(value),
-                                        _ => path_match::Kind::Prefix(value),
-                                    }),
-                                }
-                            }),
-                            headers: headers(&m.headers),
-                            method: m
-                                .method
-                                .as_ref()
-                                .and_then(|v| v.as_str())
-                                .and_then(|v| http::Method::from_bytes(v.as_bytes()).ok())
-                                .map(HttpMethod::from),
-                            ..Default::default()
-                        })
-                        .collect(),
+                    matches: http_matches(rule),
                     backends: Some(http_route::Distribution {
                         kind: Some(http_route::distribution::Kind::RandomAvailable(
                             http_route::distribution::RandomAvailable {
@@ -202,25 +220,7 @@ pub(crate) fn grpc_routes(index: &Index, sp: &ServicePort) -> Vec<GrpcRoute> {
                 .rules
                 .iter()
                 .map(|rule| grpc_route::Rule {
-                    matches: rule
-                        .matches
-                        .iter()
-                        .map(|m| GrpcRouteMatch {
-                            rpc: m.method.as_ref().map(|method| GrpcRpcMatch {
-                                service: method
-                                    .get("service")
-                                    .and_then(|s| s.as_str())
-                                    .unwrap_or_default()
-                                    .into(),
-                                method: method
-                                    .get("method")
-                                    .and_then(|s| s.as_str())
-                                    .unwrap_or_default()
-                                    .into(),
-                            }),
-                            headers: headers(&m.headers),
-                        })
-                        .collect(),
+                    matches: grpc_matches(rule),
                     backends: Some(grpc_route::Distribution {
                         kind: Some(grpc_route::distribution::Kind::RandomAvailable(
                             grpc_route::distribution::RandomAvailable {

@@ -69,7 +69,7 @@ impl DirSource {
             let text = match std::fs::read_to_string(&path) {
                 Ok(text) => text,
                 Err(error) => {
-                    self.report(&path, format!("cannot read it: {error}"));
+                    self.report(&path, format!("cannot read it: {error}"), index);
                     continue;
                 }
             };
@@ -83,7 +83,7 @@ impl DirSource {
                     self.errors.remove(&path);
                     lock(index).replace_source(&source_name(&path), resources);
                 }
-                Err(error) => self.report(&path, error.to_string()),
+                Err(error) => self.report(&path, error.to_string(), index),
             }
             self.files.insert(path, Seen { modified, len, text });
         }
@@ -97,7 +97,8 @@ impl DirSource {
         Ok(())
     }
 
-    fn report(&mut self, path: &Path, error: String) {
+    fn report(&mut self, path: &Path, error: String, index: &Mutex<Index>) {
+        lock(index).record_rejection();
         tracing::error!(
             file = %path.display(),
             %error,

@@ -43,6 +43,8 @@ pub struct Index {
     /// Bumped on every change, for what is derived from more than
     /// endpoints (outbound policies with their routes).
     changes: watch::Sender<u64>,
+    /// Resources (or files) a source could not use: malformed or invalid.
+    rejected: u64,
 }
 
 /// The resources in effect, by kind, then namespace and name; and the
@@ -69,7 +71,18 @@ impl Index {
             seq: 0,
             endpoint_watches: HashMap::new(),
             changes: watch::channel(0).0,
+            rejected: 0,
         }
+    }
+
+    /// A source could not use a resource (or a file of them).
+    pub fn record_rejection(&mut self) {
+        self.rejected += 1;
+    }
+
+    /// How many times a source could not use what it was given.
+    pub fn rejected(&self) -> u64 {
+        self.rejected
     }
 
     pub fn config(&self) -> &Config {

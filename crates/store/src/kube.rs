@@ -169,6 +169,7 @@ impl KindWatch {
                     // The API server took it, weft cannot use it: keep the
                     // last good version.
                     tracing::error!(key = %resource.key(), %reason, "rejected; its last good version stays in effect");
+                    index.record_rejection();
                     return;
                 }
                 index.replace_source(&source, vec![resource]);

@@ -7,6 +7,7 @@ pub mod dir;
 pub mod endpoints;
 pub mod index;
 pub mod kube;
+pub mod policy;
 pub mod resource;
 
 pub use dir::{DirSource, SharedIndex};

@@ -309,7 +309,7 @@ impl Resource {
                 }
                 Ok(())
             }
-            _ => Ok(()),
+            _ => crate::policy::validate(self),
         }
     }
 }
