@@ -143,6 +143,17 @@ fn spec(spec: PortSpec) -> Result<(Workload, u16), Status> {
     Ok((workload, port))
 }
 
+/// The policy a workload (`ns:name`, or Linkerd's JSON form) gets on a
+/// port, as `GetPort` answers it.
+pub fn policy_for(
+    index: &Index,
+    config: &InboundConfig,
+    workload: &str,
+    port: u16,
+) -> Result<Server, Status> {
+    Ok(compute(index, config, &parse_workload(workload)?, port))
+}
+
 /// The policy of `workload`'s `port`.
 pub(crate) fn compute(index: &Index, config: &InboundConfig, workload: &Workload, port: u16) -> Server {
     let labels = workload_labels(index, workload);

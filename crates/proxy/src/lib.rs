@@ -16,6 +16,7 @@ pub mod http;
 pub mod identity;
 pub mod io;
 pub mod metrics;
+pub mod policy;
 pub mod tcp;
 
 pub use app::Proxy;
