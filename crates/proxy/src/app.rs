@@ -10,7 +10,8 @@ use crate::{
     http::{ConnService, HttpProxy, client::Clients, client::Proto},
     identity::Identity,
     io::{self, MeteredIo, PrefixedIo},
-    metrics::{Direction, Metrics, Peer, TcpLabels, Tls},
+    metrics::{AuthzLabels, Direction, Metrics, Peer, TcpLabels, Tls},
+    policy::{Client, Policies, ServerPolicy, Verdict, discover::PortPolicy},
     tcp,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -43,6 +44,7 @@ pub struct Proxy {
     admin: TcpListener,
     discovery: Option<Arc<Discovery>>,
     identity: Option<Arc<Identity>>,
+    policies: Arc<Policies>,
 }
 
 /// One direction's listener and what its connections share.
@@ -64,6 +66,25 @@ struct Listener {
     /// Set outbound when the proxy has a mesh identity: connections to
     /// meshed endpoints are mesh TLS.
     mesh_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Inbound: each port's authorization policy.
+    policies: Option<Arc<Policies>>,
+}
+
+/// What an inbound connection's verdicts need.
+struct Inbound {
+    /// The port's policy (inbound only).
+    policy: Option<PortPolicy>,
+    client: SocketAddr,
+    /// The inbound target, for metrics.
+    target: SocketAddr,
+}
+
+/// The client as a policy sees it.
+pub(crate) fn client_of(addr: SocketAddr, tls: &Tls) -> Client<'_> {
+    match tls {
+        Tls::Mesh(id) => Client { ip: addr.ip(), tls: true, identity: id.as_deref() },
+        _ => Client { ip: addr.ip(), tls: false, identity: None },
+    }
 }
 
 // === impl Proxy ===
@@ -97,9 +118,27 @@ impl Proxy {
                 })?,
             ),
         };
+        // Inbound policy: from the controller where this proxy names its
+        // workload, else the default policy for every port.
+        let default_policy = ServerPolicy::default(&config.default_policy, &config.cluster_networks);
+        let policy_client = match &config.discovery {
+            Some(d) if !d.workload.is_empty() => {
+                let timeout = config.outbound.connect_timeout.max(Duration::from_secs(1));
+                let channel = crate::control::channel(&d.policy_addr, control_tls(&d.policy_name), timeout)
+                    .map_err(|source| BindError::Controller {
+                    name: ENV_POLICY_SVC_ADDR,
+                    addr: d.policy_addr.clone(),
+                    source,
+                })?;
+                Some((channel, d.workload.clone()))
+            }
+            _ => None,
+        };
+        let policies = Policies::new(policy_client, default_policy);
         Ok(Self {
             discovery,
             identity,
+            policies,
             inbound: bind(ENV_INBOUND_LISTEN_ADDR, config.inbound.addr).await?,
             outbound: bind(ENV_OUTBOUND_LISTEN_ADDR, config.outbound.addr).await?,
             admin: bind(ENV_ADMIN_LISTEN_ADDR, config.admin_addr).await?,
@@ -157,6 +196,7 @@ impl Proxy {
                 discovery,
                 identity: self.identity.clone().filter(|_| direction == Direction::Inbound),
                 mesh_tls,
+                policies: (direction == Direction::Inbound).then(|| self.policies.clone()),
                 require_identity: match direction {
                     Direction::Inbound => self.config.require_identity_ports.clone(),
                     Direction::Outbound => PortSet::default(),
@@ -249,12 +289,20 @@ impl Listener {
         // Inbound ports that require a mesh identity take only mesh TLS.
         let requires_identity = self.direction == Direction::Inbound
             && self.require_identity.contains(target.unwrap_or(local).port());
+        let policy = match &self.policies {
+            Some(policies) => Some(policies.port(target.unwrap_or(local).port()).await),
+            None => None,
+        };
+        let inbound = Inbound { policy, client, target: target.unwrap_or(local) };
 
         // Ports whose clients or servers speak first skip detection.
         let opaque = |t: &SocketAddr| {
             self.config.opaque_ports.contains(t.port()) || service.as_ref().is_some_and(|s| s.opaque)
         };
         if let Some(target) = target.filter(opaque).filter(|_| !requires_identity) {
+            if !self.authorize_tcp(&inbound, &plain) {
+                return;
+            }
             let sock = self.metered(tcp::no_prefix(sock), target, plain.clone());
             return self.forward_opaque(sock, target, plain, service.as_deref()).await;
         }
@@ -272,7 +320,7 @@ impl Listener {
             let sni = detect::client_hello_sni(&mut sock, &mut prefix, self.config.detect_timeout).await;
             if sni.as_deref() == Some(identity.local_name()) {
                 let io = PrefixedIo::new(prefix.freeze(), sock);
-                return self.serve_mesh_tls(io, identity, target, local, client, requires_identity).await;
+                return self.serve_mesh_tls(io, identity, target, &inbound, requires_identity).await;
             }
         }
         if requires_identity {
@@ -280,7 +328,7 @@ impl Listener {
             return;
         }
         let io = self.metered(PrefixedIo::new(prefix.freeze(), sock), target.unwrap_or(local), plain.clone());
-        self.serve_detected(io, detected, client, target, service, plain).await
+        self.serve_detected(io, detected, &inbound, target, service, plain).await
     }
 
     /// Terminates mesh TLS (inbound), then serves what the client speaks
@@ -290,10 +338,10 @@ impl Listener {
         io: PrefixedIo<TcpStream>,
         identity: &Identity,
         target: Option<SocketAddr>,
-        local: SocketAddr,
-        client: SocketAddr,
+        inbound: &Inbound,
         requires_identity: bool,
     ) {
+        let client = inbound.client;
         let handshake = tokio_rustls::TlsAcceptor::from(identity.server_tls.clone()).accept(io);
         let mut stream = match tokio::time::timeout(self.config.detect_timeout, handshake).await {
             Ok(Ok(stream)) => stream,
@@ -319,33 +367,73 @@ impl Listener {
                 return;
             }
         };
-        let io = self.metered(PrefixedIo::new(prefix.freeze(), stream), target.unwrap_or(local), tls.clone());
-        self.serve_detected(io, detected, client, target, None, tls).await
+        let io = self.metered(PrefixedIo::new(prefix.freeze(), stream), inbound.target, tls.clone());
+        self.serve_detected(io, detected, inbound, target, None, tls).await
+    }
+
+    /// The policy's verdict on a connection that is not HTTP (inbound),
+    /// counted; `false` means close it.
+    fn authorize_tcp(&self, inbound: &Inbound, tls: &Tls) -> bool {
+        let Some(port) = &inbound.policy else { return true };
+        let policy = port.current();
+        let verdict = policy.authorize_tcp(&client_of(inbound.client, tls));
+        let mut labels = AuthzLabels {
+            target_addr: inbound.target,
+            server: policy.meta.clone(),
+            route: None,
+            authz: None,
+            tls: tls.clone(),
+        };
+        match verdict {
+            Verdict::Allow { authz, audit } => {
+                if audit {
+                    tracing::info!(client = %inbound.client, server = %policy.meta.name, "audit: a connection the policy would deny");
+                }
+                labels.authz = Some(authz);
+                self.metrics.authz(false, &labels);
+                true
+            }
+            Verdict::Deny => {
+                tracing::info!(client = %inbound.client, server = %policy.meta.name, "connection denied by policy");
+                self.metrics.authz(false, &labels);
+                false
+            }
+        }
     }
 
     async fn serve_detected<I>(
         &self,
         io: MeteredIo<I>,
         detected: Detected,
-        client: SocketAddr,
+        inbound: &Inbound,
         target: Option<SocketAddr>,
         service: Option<Arc<ServiceRoute>>,
         tls: Tls,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let client = inbound.client;
+        let authz = || inbound.policy.clone().map(|policy| (policy, client.ip()));
         match detected {
             Detected::Protocol(Protocol::Http1) => {
-                self.serve_http(io, Proto::Http1, target, service, tls).await
+                self.serve_http(io, Proto::Http1, target, service, tls, authz()).await
             }
-            Detected::Protocol(Protocol::H2) => self.serve_http(io, Proto::Http2, target, service, tls).await,
+            Detected::Protocol(Protocol::H2) => {
+                self.serve_http(io, Proto::Http2, target, service, tls, authz()).await
+            }
             Detected::Protocol(Protocol::Tls) => {
-                if let Some(target) = target {
+                // The application's own TLS: its client is not known to
+                // the mesh.
+                if let Some(target) = target.filter(|_| self.authorize_tcp(inbound, &tls)) {
                     self.forward_opaque(io, target, Tls::Passthru, service.as_deref()).await
                 }
             }
             Detected::Protocol(Protocol::Opaque) | Detected::Timeout => match target {
-                Some(target) => self.forward_opaque(io, target, tls, service.as_deref()).await,
+                Some(target) => {
+                    if self.authorize_tcp(inbound, &tls) {
+                        self.forward_opaque(io, target, tls, service.as_deref()).await
+                    }
+                }
                 None => tracing::info!(
                     direction = ?self.direction, %client,
                     "a non-HTTP connection has no original destination; closing it"
@@ -402,10 +490,11 @@ impl Listener {
         target: Option<SocketAddr>,
         service: Option<Arc<ServiceRoute>>,
         tls: Tls,
+        authz: Option<(PortPolicy, std::net::IpAddr)>,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let svc = ConnService::new(self.http.clone(), proto, target, service, tls);
+        let svc = ConnService::new(self.http.clone(), proto, target, service, tls, authz);
         let io = TokioIo::new(io);
         let result = match proto {
             Proto::Http1 => {

@@ -38,6 +38,8 @@ pub const ENV_IDENTITY_MIN_REFRESH: &str = "LINKERD2_PROXY_IDENTITY_MIN_REFRESH"
 pub const ENV_IDENTITY_MAX_REFRESH: &str = "LINKERD2_PROXY_IDENTITY_MAX_REFRESH";
 pub const ENV_DESTINATION_SVC_NAME: &str = "LINKERD2_PROXY_DESTINATION_SVC_NAME";
 pub const ENV_POLICY_SVC_NAME: &str = "LINKERD2_PROXY_POLICY_SVC_NAME";
+pub const ENV_INBOUND_DEFAULT_POLICY: &str = "LINKERD2_PROXY_INBOUND_DEFAULT_POLICY";
+pub const ENV_POLICY_CLUSTER_NETWORKS: &str = "LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS";
 pub const ENV_INBOUND_PORTS_REQUIRE_IDENTITY: &str = "LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_IDENTITY";
 /// weft's own: where inbound connections go when they were not redirected by
 /// iptables (local mode on 127.0.0.0/8, where there is no `SO_ORIGINAL_DST`).
@@ -68,6 +70,10 @@ pub struct Config {
     pub identity: Option<IdentityConfig>,
     /// Inbound ports that accept only clients with a mesh identity.
     pub require_identity_ports: PortSet,
+    /// The inbound policy where the controller gives none.
+    pub default_policy: String,
+    /// The networks `cluster-*` default policies admit.
+    pub cluster_networks: Vec<ipnet::IpNet>,
 }
 
 #[derive(Clone, Debug)]
@@ -183,6 +189,13 @@ impl Config {
             require_identity_ports: env
                 .parse(ENV_INBOUND_PORTS_REQUIRE_IDENTITY, PortSet::parse)?
                 .unwrap_or_default(),
+            default_policy: env
+                .parse(ENV_INBOUND_DEFAULT_POLICY, parse_default_policy)?
+                .unwrap_or_else(|| "all-unauthenticated".into()),
+            cluster_networks: env.parse(ENV_POLICY_CLUSTER_NETWORKS, parse_networks)?.unwrap_or_else(|| {
+                parse_networks("10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8")
+                    .expect("valid networks")
+            }),
         };
         let mut config = config;
         config.identity = identity_config(&env)?;
@@ -272,6 +285,26 @@ fn identity_config<F: Fn(&str) -> Option<String>>(
     };
     let _ = env.parse(ENV_IDENTITY_DIR, |_| Ok(()))?; // Linkerd's; weft keeps its key in memory.
     Ok(Some(config))
+}
+
+fn parse_default_policy(s: &str) -> Result<String, String> {
+    const POLICIES: &[&str] = &[
+        "all-unauthenticated",
+        "all-authenticated",
+        "cluster-unauthenticated",
+        "cluster-authenticated",
+        "deny",
+        "audit",
+    ];
+    if POLICIES.contains(&s) { Ok(s.into()) } else { Err(format!("expected one of {}", POLICIES.join(", "))) }
+}
+
+fn parse_networks(s: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| n.parse::<ipnet::IpNet>().map_err(|_| format!("{n:?} is not a CIDR such as 10.0.0.0/8")))
+        .collect()
 }
 
 /// An identity as TLS names it: a DNS name.

@@ -113,6 +113,18 @@ pub struct TcpLabels {
     pub dst: Option<Arc<[(String, String)]>>,
 }
 
+/// Labels of the inbound authorization counters (Linkerd's names).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct AuthzLabels {
+    pub target_addr: SocketAddr,
+    pub server: Arc<crate::policy::Meta>,
+    /// HTTP only.
+    pub route: Option<Arc<crate::policy::Meta>>,
+    /// Set when allowed.
+    pub authz: Option<Arc<crate::policy::Meta>>,
+    pub tls: Tls,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct CloseLabels {
     tcp: TcpLabels,
@@ -132,6 +144,10 @@ pub struct Metrics {
     tcp_duration: Family<CloseLabels, Histogram>,
     identity_expiry: Gauge,
     identity_refreshes: Counter,
+    http_authz_allow: Family<AuthzLabels, Counter>,
+    http_authz_deny: Family<AuthzLabels, Counter>,
+    tcp_authz_allow: Family<AuthzLabels, Counter>,
+    tcp_authz_deny: Family<AuthzLabels, Counter>,
 }
 
 /// The handles one connection records into.
@@ -201,7 +217,31 @@ impl Metrics {
             "Certificates this proxy has been issued",
             identity_refreshes.clone(),
         );
+        let http_authz_allow = Family::default();
+        let http_authz_deny = Family::default();
+        let tcp_authz_allow = Family::default();
+        let tcp_authz_deny = Family::default();
+        registry.register(
+            "inbound_http_authz_allow",
+            "Inbound HTTP requests an authorization admitted",
+            http_authz_allow.clone(),
+        );
+        registry.register("inbound_http_authz_deny", "Inbound HTTP requests denied", http_authz_deny.clone());
+        registry.register(
+            "inbound_tcp_authz_allow",
+            "Inbound connections (not HTTP) an authorization admitted",
+            tcp_authz_allow.clone(),
+        );
+        registry.register(
+            "inbound_tcp_authz_deny",
+            "Inbound connections (not HTTP) denied",
+            tcp_authz_deny.clone(),
+        );
         Arc::new(Self {
+            http_authz_allow,
+            http_authz_deny,
+            tcp_authz_allow,
+            tcp_authz_deny,
             registry,
             requests,
             responses,
@@ -215,6 +255,18 @@ impl Metrics {
             identity_expiry,
             identity_refreshes,
         })
+    }
+
+    /// Counts an authorization verdict: `http` per request, else per
+    /// connection; allowed when `labels.authz` is set.
+    pub fn authz(&self, http: bool, labels: &AuthzLabels) {
+        let family = match (http, labels.authz.is_some()) {
+            (true, true) => &self.http_authz_allow,
+            (true, false) => &self.http_authz_deny,
+            (false, true) => &self.tcp_authz_allow,
+            (false, false) => &self.tcp_authz_deny,
+        };
+        family.get_or_create(labels).inc();
     }
 
     /// Records a newly installed certificate.
@@ -333,6 +385,26 @@ fn encode_tls(tls: &Tls, direction: Direction, encoder: &mut LabelSetEncoder) ->
                 None => Ok(()),
             }
         }
+    }
+}
+
+impl EncodeLabelSet for AuthzLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("target_addr", Shown(self.target_addr)).encode(encoder.encode_label())?;
+        let meta = |prefix: &str, m: &crate::policy::Meta, encoder: &mut LabelSetEncoder| {
+            (format!("{prefix}_group"), m.group.as_str()).encode(encoder.encode_label())?;
+            (format!("{prefix}_kind"), m.kind.as_str()).encode(encoder.encode_label())?;
+            (format!("{prefix}_name"), m.name.as_str()).encode(encoder.encode_label())
+        };
+        meta("srv", &self.server, encoder)?;
+        if let Some(route) = &self.route {
+            meta("route", route, encoder)?;
+        }
+        if let Some(authz) = &self.authz {
+            meta("authz", authz, encoder)?;
+        }
+        encode_tls(&self.tls, Direction::Inbound, encoder)
     }
 }
 

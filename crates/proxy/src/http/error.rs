@@ -27,6 +27,10 @@ pub enum ProxyError {
     NoEndpoints { service: String },
     #[error("mesh TLS to {addr} ({identity}) failed: {reason}")]
     Tls { addr: SocketAddr, identity: String, reason: String },
+    #[error("the client is not authorized for route {route} of server {server}")]
+    Unauthorized { server: String, route: String },
+    #[error("no route of server {server} matches the request")]
+    NoRoute { server: String },
 }
 
 impl ProxyError {
@@ -55,6 +59,8 @@ impl ProxyError {
             ProxyError::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::NoAuthority => StatusCode::BAD_REQUEST,
             ProxyError::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Unauthorized { .. } => StatusCode::FORBIDDEN,
+            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -70,6 +76,8 @@ impl ProxyError {
             ProxyError::Upstream(_) => "upstream",
             ProxyError::NoEndpoints { .. } => "no_endpoints",
             ProxyError::Tls { .. } => "tls",
+            ProxyError::Unauthorized { .. } => "unauthorized",
+            ProxyError::NoRoute { .. } => "no_route",
         }
     }
 
@@ -77,6 +85,8 @@ impl ProxyError {
         match self {
             ProxyError::ConnectTimeout { .. } => 4, // DEADLINE_EXCEEDED
             ProxyError::NoAuthority => 3,           // INVALID_ARGUMENT
+            ProxyError::Unauthorized { .. } => 7,   // PERMISSION_DENIED
+            ProxyError::NoRoute { .. } => 12,       // UNIMPLEMENTED
             _ => 14,                                // UNAVAILABLE
         }
     }

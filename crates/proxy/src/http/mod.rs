@@ -14,7 +14,8 @@ use self::{
 };
 use crate::{
     discovery::{Discovery, Resolution, ServiceRoute, TargetKey, balance::InFlight},
-    metrics::{Direction, HttpLabels, Metrics, RouteMetrics, Tls},
+    metrics::{AuthzLabels, Direction, HttpLabels, Metrics, RouteMetrics, Tls},
+    policy::{Verdict, discover::PortPolicy},
 };
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header::HOST, uri::Authority};
@@ -71,6 +72,9 @@ struct Conn {
     /// balancer picks.
     service: Option<Arc<ServiceRoute>>,
     tls: Tls,
+    /// Inbound: the port's policy and the client's address, for a
+    /// verdict on each request.
+    authz: Option<(PortPolicy, std::net::IpAddr)>,
     /// The last route used: most connections speak to one authority.
     route: Mutex<Option<RouteMetrics>>,
 }
@@ -84,10 +88,12 @@ impl ConnService {
         target: Option<SocketAddr>,
         service: Option<Arc<ServiceRoute>>,
         tls: Tls,
+        authz: Option<(PortPolicy, std::net::IpAddr)>,
     ) -> Self {
         let target = target.filter(|_| !proxy.ingress_mode);
         let client = target.filter(|_| service.is_none()).map(|t| proxy.clients.get(t, proto));
-        Self { inner: Arc::new(Conn { proxy, proto, target, client, service, tls, route: Mutex::new(None) }) }
+        let route = Mutex::new(None);
+        Self { inner: Arc::new(Conn { proxy, proto, target, client, service, tls, authz, route }) }
     }
 }
 
@@ -132,6 +138,9 @@ impl Conn {
         route.request();
         if is_same_listener(self.proxy.own_addr, target) {
             return self.fail(Some(&route), ProxyError::Loop { addr: target }, grpc);
+        }
+        if let Err(denied) = self.authorize(&req, grpc, target) {
+            return self.fail(Some(&route), denied, grpc);
         }
 
         // Prepare the request for the next hop.
@@ -237,6 +246,39 @@ impl Conn {
         }
         let t = resolve(authority).await?;
         Ok((t, clients.get(t, self.proto), None, false))
+    }
+
+    /// The port policy's verdict on an inbound request, counted.
+    fn authorize<B>(&self, req: &Request<B>, grpc: bool, target: SocketAddr) -> Result<(), ProxyError> {
+        let Some((port, ip)) = &self.authz else { return Ok(()) };
+        let policy = port.current();
+        let client = crate::app::client_of(SocketAddr::new(*ip, 0), &self.tls);
+        let Some((route, verdict)) =
+            policy.authorize_http(req.method(), req.uri().path(), req.headers(), grpc, &client)
+        else {
+            return Err(ProxyError::NoRoute { server: policy.meta.name.clone() });
+        };
+        let mut labels = AuthzLabels {
+            target_addr: target,
+            server: policy.meta.clone(),
+            route: Some(route.clone()),
+            authz: None,
+            tls: self.tls.clone(),
+        };
+        match verdict {
+            Verdict::Allow { authz, audit } => {
+                if audit {
+                    tracing::info!(client = %ip, server = %policy.meta.name, route = %route.name, "audit: a request the policy would deny");
+                }
+                labels.authz = Some(authz);
+                self.proxy.metrics.authz(true, &labels);
+                Ok(())
+            }
+            Verdict::Deny => {
+                self.proxy.metrics.authz(true, &labels);
+                Err(ProxyError::Unauthorized { server: policy.meta.name.clone(), route: route.name.clone() })
+            }
+        }
     }
 
     fn route(

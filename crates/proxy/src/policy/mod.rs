@@ -6,7 +6,7 @@
 //! Policies are converted from protobuf once, when they arrive; a verdict
 //! reads them through `Arc`s and allocates nothing.
 
-mod discover;
+pub mod discover;
 mod proto;
 
 pub use discover::Policies;
