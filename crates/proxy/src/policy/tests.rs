@@ -86,7 +86,7 @@ fn defaults_and_audit() {
 
     // A Server whose accessPolicy is audit: what its authorizations admit
     // is allowed; the rest is allowed and marked.
-    let yaml = format!("{POD}").replace("  port: 8080\n", "  port: 8080\n  accessPolicy: audit\n");
+    let yaml = POD.replace("  port: 8080\n", "  port: 8080\n  accessPolicy: audit\n");
     let policy = from_controller(&yaml);
     assert!(matches!(policy.authorize_tcp(&client("10.1.0.1", None)), Verdict::Allow { audit: true, .. }));
 }
