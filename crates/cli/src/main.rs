@@ -1,5 +1,6 @@
 //! `weft`: the command line of the weft service mesh.
 
+mod authz;
 mod controller;
 mod identity;
 mod proxy_init;
@@ -22,6 +23,12 @@ enum Command {
     /// Run the control plane: destination and outbound-policy APIs over a
     /// store of resources.
     Controller(controller::Args),
+    /// The authorizations that apply to a workload's ports (local mode:
+    /// read from the store directory).
+    Authz(authz::AuthzArgs),
+    /// Ask the controller what it serves.
+    #[command(subcommand)]
+    Diagnostics(authz::Diagnostics),
     /// The mesh's identity: create a CA, issue workload tokens.
     #[command(subcommand)]
     Identity(identity::Command),
@@ -33,6 +40,8 @@ fn main() -> ExitCode {
         Command::ProxyInit(args) => proxy_init::run(args),
         Command::Controller(args) => controller::run(args),
         Command::Identity(command) => identity::run(command),
+        Command::Authz(args) => authz::authz(args),
+        Command::Diagnostics(command) => authz::diagnostics(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
