@@ -4,7 +4,8 @@
 //! directly, the others through a client-side and a server-side sidecar
 //! with proxy-init's iptables redirection: weft-proxy in plaintext,
 //! weft-proxy with mesh TLS (certified by a controller in a pod of its
-//! own, the server reached through a service), and Envoy. The same
+//! own, the server reached through a service), the same with three
+//! authorization policies on the server's ports, and Envoy. The same
 //! open-loop load runs against each, and the table shows the difference:
 //! added latency at fixed rates, maximum throughput, each proxy's memory
 //! and CPU, and mesh-TLS handshakes per second per core.
@@ -76,7 +77,8 @@ fn main() -> anyhow::Result<()> {
     let env = [("LINKERD2_PROXY_LOG", "warn")];
     let mut meshed = vec![path(&net, "weft", |pod| Some(pod.start_proxy(&proxy_bin, &env)))];
     let control = mtls::Control::start(&net);
-    meshed.push(control.path(&net, &proxy_bin));
+    meshed.push(control.path(&net, &proxy_bin, false));
+    meshed.push(control.path(&net, &proxy_bin, true));
     match &args.envoy {
         Some(envoy) => {
             let config = envoy::sidecar_config();

@@ -25,7 +25,7 @@ pub struct Control {
     _runtime: tokio::runtime::Runtime,
 }
 
-/// The cluster IP of the service in front of the mTLS path's server.
+/// The cluster IPs of the services in front of the mTLS paths' servers.
 const SERVICE_HOST: u8 = 220;
 
 impl Control {
@@ -41,24 +41,41 @@ impl Control {
     }
 
     /// A client/server pair with mesh TLS between their proxies; the
-    /// client sends to the service, whose one endpoint is the server.
-    pub fn path(&self, net: &Net, proxy_bin: &FsPath) -> Path {
-        let service = net.address(SERVICE_HOST);
+    /// client sends to the service, whose one endpoint is the server. With
+    /// `authz`, the server's port has a Server and three authorization
+    /// policies, the last of which admits the client (the cost of policy
+    /// on allowed requests); without, the proxy's default policy (one
+    /// authorization that admits everyone) applies.
+    pub fn path(&self, net: &Net, proxy_bin: &FsPath, authz: bool) -> Path {
+        let (name, host, app) = if authz {
+            ("weft-authz", SERVICE_HOST + 1, "authz")
+        } else {
+            ("weft-mtls", SERVICE_HOST, "mtls")
+        };
+        let service = net.address(host);
         let proxy = |pod: &Pod, sa: &str| {
             let mut env = self.ca.proxy_env("bench", sa, self.addr);
             env.push(("LINKERD2_PROXY_LOG".into(), "warn".into()));
-            if sa == "client" {
+            let workload = match sa {
+                "client" => Some("bench:client".to_string()),
+                _ if authz => Some(format!("bench:{app}-server")),
+                _ => None,
+            };
+            if let Some(workload) = workload {
                 env.push(("LINKERD2_PROXY_DESTINATION_SVC_ADDR".into(), self.addr.to_string()));
-                env.push(("LINKERD2_PROXY_POLICY_WORKLOAD".into(), "bench:client".into()));
+                env.push(("LINKERD2_PROXY_POLICY_WORKLOAD".into(), workload));
             }
             pod.start_proxy(proxy_bin, &env_refs(&env))
         };
-        let mut path = path(net, "weft-mtls", |_| None);
-        let store = format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{ name: server, namespace: bench }}\nspec:\n  clusterIP: {service}\n  selector: {{ app: server }}\n  ports: [{{ name: http, port: 80, targetPort: 8080 }}, {{ name: grpc, port: 50051, targetPort: 50051 }}]\n---\n{}",
-            meshed_pod("server-0", "bench", "server", "server", &path.server.ip().to_string())
+        let mut path = path(net, name, |_| None);
+        let mut store = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{ name: {app}, namespace: bench }}\nspec:\n  clusterIP: {service}\n  selector: {{ app: {app} }}\n  ports: [{{ name: http, port: 80, targetPort: 8080 }}, {{ name: grpc, port: 50051, targetPort: 50051 }}]\n---\n{}",
+            meshed_pod(&format!("{app}-server"), "bench", app, "server", &path.server.ip().to_string())
         );
-        std::fs::write(self.ca.store().join("bench.yaml"), store).expect("writing the bench store");
+        if authz {
+            store += &policies(app);
+        }
+        std::fs::write(self.ca.store().join(format!("{app}.yaml")), store).expect("writing the bench store");
         path.proxies = Some((proxy(&path.client, "client"), proxy(&path.server, "server")));
         path.http = (service, 80).into();
         path.grpc = (service, 50051).into();
@@ -119,4 +136,28 @@ impl Control {
         anyhow::ensure!(n > 0.0, "no mesh-TLS handshake with the server's sidecar succeeded");
         Ok((n / elapsed, n / cpu.max(1e-9)))
     }
+}
+
+/// A Server on each of the app's ports with three authorization policies:
+/// a network the client is not in, an identity it does not have, and its
+/// own service account.
+fn policies(app: &str) -> String {
+    let mut yaml = String::from(
+        "---\napiVersion: policy.linkerd.io/v1alpha1\nkind: NetworkAuthentication\nmetadata: { name: elsewhere, namespace: bench }\nspec: { networks: [{ cidr: 192.0.2.0/24 }] }\n---\napiVersion: policy.linkerd.io/v1alpha1\nkind: MeshTLSAuthentication\nmetadata: { name: ops, namespace: bench }\nspec: { identities: [\"*.ops.serviceaccount.identity.weft.cluster.local\"] }\n---\napiVersion: policy.linkerd.io/v1alpha1\nkind: MeshTLSAuthentication\nmetadata: { name: client, namespace: bench }\nspec: { identityRefs: [{ kind: ServiceAccount, name: client }] }\n",
+    );
+    for (server, port) in [("http", 8080), ("grpc", 50051)] {
+        yaml += &format!(
+            "---\napiVersion: policy.linkerd.io/v1beta3\nkind: Server\nmetadata: {{ name: {app}-{server}, namespace: bench }}\nspec:\n  podSelector: {{ matchLabels: {{ app: {app} }} }}\n  port: {port}\n"
+        );
+        for (policy, kind, authn) in [
+            ("a-elsewhere", "NetworkAuthentication", "elsewhere"),
+            ("b-ops", "MeshTLSAuthentication", "ops"),
+            ("c-client", "MeshTLSAuthentication", "client"),
+        ] {
+            yaml += &format!(
+                "---\napiVersion: policy.linkerd.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{ name: {app}-{server}-{policy}, namespace: bench }}\nspec:\n  targetRef: {{ group: policy.linkerd.io, kind: Server, name: {app}-{server} }}\n  requiredAuthenticationRefs: [{{ group: policy.linkerd.io, kind: {kind}, name: {authn} }}]\n"
+            );
+        }
+    }
+    yaml
 }
