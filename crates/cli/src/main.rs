@@ -2,6 +2,7 @@
 
 mod authz;
 mod controller;
+mod demo;
 mod identity;
 mod proxy_init;
 
@@ -29,6 +30,12 @@ enum Command {
     /// Ask the controller what it serves.
     #[command(subcommand)]
     Diagnostics(authz::Diagnostics),
+    /// Run a whole mesh on this machine: the controller, a demo
+    /// application of five workloads, and a weft-proxy beside each.
+    Demo(demo::DemoArgs),
+    /// One role of the demo application (what `weft demo` runs).
+    #[command(hide = true)]
+    DemoApp(demo::apps::AppArgs),
     /// The mesh's identity: create a CA, issue workload tokens.
     #[command(subcommand)]
     Identity(identity::Command),
@@ -41,6 +48,8 @@ fn main() -> ExitCode {
         Command::Controller(args) => controller::run(args),
         Command::Identity(command) => identity::run(command),
         Command::Authz(args) => authz::authz(args),
+        Command::Demo(args) => demo::run(args),
+        Command::DemoApp(args) => demo::apps::run(args),
         Command::Diagnostics(command) => authz::diagnostics(command),
     };
     match result {
@@ -50,4 +59,31 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The status of a GET to a local admin endpoint.
+pub(crate) async fn http_status(addr: std::net::SocketAddr, path: &str) -> std::io::Result<u16> {
+    let (status, _) = http_get(addr, path).await?;
+    Ok(status)
+}
+
+/// A GET to a local admin endpoint: status and body.
+pub(crate) async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock =
+        tokio::time::timeout(std::time::Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| std::io::Error::other(format!("connecting to {addr} timed out")))??;
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    sock.write_all(head.as_bytes()).await?;
+    let mut buf = Vec::new();
+    sock.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response from {addr}")))?;
+    Ok((status, body.to_string()))
 }

@@ -154,6 +154,12 @@ async fn meshed_proxies_speak_mutual_tls_and_carry_http1_over_http2() {
         mesh.server.inbound
     );
     assert_eq!(metric(&client, &outbound), Some(1.0), "{client}");
+    // The client proxy's request metrics name the server it proved.
+    let requests = format!(
+        r#"request_total{{direction="outbound",authority="{AUTHORITY}",target_addr="{}",tls="true",server_id="{server_id}""#,
+        mesh.server.inbound
+    );
+    assert!(client.contains(&requests), "{client}");
     // Both proxies reached the controller (identity, destination, policy)
     // over mesh TLS only.
     let control = mesh.controller.metrics();

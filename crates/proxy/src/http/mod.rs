@@ -134,7 +134,7 @@ impl Conn {
             Ok(endpoint) => endpoint,
             Err(e) => return self.fail(None, e, grpc),
         };
-        let route = self.route(&authority, target, picked.as_ref().map(|p| p.labels()));
+        let route = self.route(&authority, target, picked.as_ref());
         route.request();
         if is_same_listener(self.proxy.own_addr, target) {
             return self.fail(Some(&route), ProxyError::Loop { addr: target }, grpc);
@@ -281,18 +281,25 @@ impl Conn {
         }
     }
 
-    fn route(
-        &self,
-        authority: &Authority,
-        target: SocketAddr,
-        dst: Option<&Arc<[(String, String)]>>,
-    ) -> RouteMetrics {
+    /// The metrics of requests to `authority` at `target`: `tls` is the
+    /// accepted connection's inbound, the endpoint connection's outbound
+    /// (`server_id` when it is mesh TLS).
+    fn route(&self, authority: &Authority, target: SocketAddr, picked: Option<&InFlight>) -> RouteMetrics {
+        let dst = picked.map(|p| p.labels());
+        let tls = match self.proxy.direction {
+            Direction::Inbound => self.tls.clone(),
+            Direction::Outbound => match picked.and_then(|p| p.meta().identity.clone()) {
+                Some(id) if self.proxy.clients.meshed() => Tls::Mesh(Some(id)),
+                _ => Tls::OUTBOUND_PLAIN,
+            },
+        };
         let mut last = self.route.lock().expect("route lock");
         if let Some(route) = last.as_ref() {
             let labels = route.labels();
             if labels.target_addr == target
                 && *labels.authority == *authority.as_str()
                 && labels.dst.as_ref() == dst
+                && labels.tls == tls
             {
                 return route.clone();
             }
@@ -302,7 +309,7 @@ impl Conn {
             authority: authority.as_str().into(),
             target_addr: target,
             dst: dst.cloned(),
-            tls: self.tls.clone(),
+            tls,
         });
         *last = Some(route.clone());
         route

@@ -1,0 +1,161 @@
+//! `weft demo` as a newcomer runs it: up with traffic and mutual TLS
+//! between every workload, stopped cleanly by Ctrl-C, and started cleanly
+//! again after being killed outright.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+struct Demo {
+    child: Child,
+    dir: std::path::PathBuf,
+    output: mpsc::Receiver<String>,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Demo {
+    /// Starts the demo and waits until it says it is up.
+    fn start(dir: &std::path::Path) -> Demo {
+        let mut child = Command::new(WEFT)
+            .args(["demo", "--rps", "40", "--dir"])
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running weft demo");
+        let (tx, output) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let mut demo = Demo { child, dir: dir.into(), output };
+        demo.expect_line("Ctrl-C stops the demo", Duration::from_secs(60));
+        demo
+    }
+
+    fn expect_line(&mut self, what: &str, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.output.recv_timeout(left) {
+                Ok(line) => {
+                    let done = line.contains(what);
+                    seen.push(line);
+                    if done {
+                        return seen;
+                    }
+                }
+                Err(_) => panic!("weft demo did not say {what:?}; it said:\n{}", seen.join("\n")),
+            }
+        }
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        std::fs::read_to_string(self.dir.join("demo.pids"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect()
+    }
+}
+
+fn metrics(admin: &str) -> String {
+    let addr: SocketAddr = admin.parse().unwrap();
+    let mut sock = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    use std::io::{Read, Write};
+    write!(sock, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    sock.read_to_string(&mut text).unwrap();
+    text
+}
+
+fn sum(text: &str, prefix: &str, contains: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix) && contains.iter().all(|c| l.contains(c)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie is dead for this purpose; its parent reaps it.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+#[test]
+fn the_demo_runs_meshed_and_stops_clean() {
+    let dir = std::env::temp_dir().join(format!("weft-demo-test-{}", std::process::id()));
+    let mut demo = Demo::start(&dir);
+    let pids = demo.pids();
+    assert_eq!(pids.len(), 10, "five workloads and their proxies: {pids:?}");
+
+    // Traffic flows, over mutual TLS, and the voting service's failures
+    // show as failures at web.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let web = metrics("127.0.77.10:4191");
+        let bot = r#"client_id="vote-bot.demo.serviceaccount.identity.weft.cluster.local""#;
+        let ok = sum(&web, "response_total{direction=\"inbound\"", &[bot, "classification=\"success\""]);
+        let failed = sum(&web, "response_total{direction=\"inbound\"", &[bot, "classification=\"failure\""]);
+        let edges = ["emoji", "voting", "leaderboard"].iter().all(|svc| {
+            let server =
+                format!(r#"tls="true",server_id="{svc}.demo.serviceaccount.identity.weft.cluster.local""#);
+            sum(&web, "request_total{direction=\"outbound\"", &[&server]) > 0.0
+        });
+        if ok > 20.0 && failed > 0.0 && edges {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no meshed traffic with failures after 30s:\n{web}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Nothing web sends goes in plaintext.
+    let plaintext =
+        sum(&metrics("127.0.77.10:4191"), "request_total{direction=\"outbound\"", &["no_identity"]);
+    assert_eq!(plaintext, 0.0);
+
+    // Ctrl-C: every process ends.
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(demo.child.id() as i32, libc::SIGINT) };
+    demo.expect_line("every process it started has exited", Duration::from_secs(20));
+    assert!(demo.child.wait().unwrap().success());
+    let left: Vec<_> = pids.iter().filter(|p| alive(**p)).collect();
+    assert!(left.is_empty(), "still running after Ctrl-C: {left:?}");
+    drop(demo);
+
+    // Killed outright: its children go with it, and the next start is clean.
+    let mut killed = Demo::start(&dir);
+    let pids = killed.pids();
+    killed.child.kill().unwrap();
+    killed.child.wait().unwrap();
+    drop(killed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|p| alive(*p)) {
+        assert!(Instant::now() < deadline, "children outlived a killed demo: {pids:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut again = Demo::start(&dir);
+    unsafe { libc::kill(again.child.id() as i32, libc::SIGINT) };
+    again.expect_line("every process it started has exited", Duration::from_secs(20));
+    drop(again);
+    let _ = std::fs::remove_dir_all(&dir);
+}
