@@ -330,7 +330,7 @@ async fn wait_ready(w: &Workload) -> anyhow::Result<()> {
 fn print_up(dir: &Path, store: &Path) {
     println!("weft demo is up: a mesh of {} workloads, mutual TLS between every proxy", WORKLOADS.len());
     println!();
-    println!("  {:<12} {:<18} {:<16} {}", "WORKLOAD", "ADDRESS", "PROXY ADMIN", "SPEAKS");
+    println!("  {:<12} {:<18} {:<16} SPEAKS", "WORKLOAD", "ADDRESS", "PROXY ADMIN");
     for w in WORKLOADS {
         let speaks = match w.name {
             "web" => "HTTP/1 in; gRPC and HTTP/2 out",
