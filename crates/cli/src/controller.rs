@@ -132,7 +132,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             identity = args.identity_dir.is_some(),
             "weft controller is serving"
         );
-        tokio::spawn(weft_controller::serve_admin(admin, index.clone(), metrics.clone()));
+        // The proxies, as `weft stat`, `weft edges` and `weft check` see them.
+        let observer = weft_controller::observe::Observer::new(index.clone(), Duration::from_secs(2));
+        tokio::spawn(observer.clone().run());
+        tokio::spawn(weft_controller::serve_admin(admin, index.clone(), metrics.clone(), Some(observer)));
         let inbound = weft_controller::inbound::InboundConfig {
             default_policy: args.default_inbound_policy,
             cluster_networks: args.cluster_networks,

@@ -4,6 +4,7 @@ mod authz;
 mod controller;
 mod demo;
 mod identity;
+mod observe;
 mod proxy_init;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +31,13 @@ enum Command {
     /// Ask the controller what it serves.
     #[command(subcommand)]
     Diagnostics(authz::Diagnostics),
+    /// Check that the mesh is healthy: controller, identity, store, proxies.
+    Check(observe::CheckArgs),
+    /// Golden metrics per workload or pod: success rate, requests per
+    /// second, latency percentiles, TCP connections.
+    Stat(observe::StatArgs),
+    /// Who talks to whom, and whether over mutual TLS.
+    Edges(observe::EdgesArgs),
     /// Run a whole mesh on this machine: the controller, a demo
     /// application of five workloads, and a weft-proxy beside each.
     Demo(demo::DemoArgs),
@@ -49,6 +57,9 @@ fn main() -> ExitCode {
         Command::Identity(command) => identity::run(command),
         Command::Authz(args) => authz::authz(args),
         Command::Demo(args) => demo::run(args),
+        Command::Check(args) => observe::check(args),
+        Command::Stat(args) => observe::stat(args),
+        Command::Edges(args) => observe::edges(args),
         Command::DemoApp(args) => demo::apps::run(args),
         Command::Diagnostics(command) => authz::diagnostics(command),
     };

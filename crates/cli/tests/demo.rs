@@ -133,6 +133,51 @@ fn the_demo_runs_meshed_and_stops_clean() {
         sum(&metrics("127.0.77.10:4191"), "request_total{direction=\"outbound\"", &["no_identity"]);
     assert_eq!(plaintext, 0.0);
 
+    // What operators run: everything checks out, stat agrees with the
+    // proxies' own counters, and every edge is mutual TLS.
+    let check = Command::new(WEFT).args(["check", "--wait", "30s"]).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    assert!(String::from_utf8_lossy(&check.stdout).contains("every proxy has a current certificate"));
+    let stat = |name: &str| -> serde_json::Value {
+        let out = Command::new(WEFT)
+            .args(["stat", "-n", "demo", "--window", "60s", "-o", "json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        rows.as_array().unwrap().iter().find(|r| r["name"] == name).cloned().unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let web = loop {
+        let web = stat("web");
+        if web["requests"].as_f64().unwrap_or(0.0) >= 100.0 {
+            break web;
+        }
+        assert!(Instant::now() < deadline, "weft stat shows no traffic at web: {web}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let counters = metrics("127.0.77.10:4191");
+    let ok = sum(&counters, "response_total{direction=\"inbound\"", &["classification=\"success\""]);
+    let failed = sum(&counters, "response_total{direction=\"inbound\"", &["classification=\"failure\""]);
+    let own_rate = ok / (ok + failed);
+    let stat_rate = web["success_rate"].as_f64().unwrap();
+    assert!((stat_rate - own_rate).abs() < 0.05, "weft stat says {stat_rate}, web's proxy counts {own_rate}");
+    assert!(web["requests"].as_f64().unwrap() <= ok + failed, "stat counted more than the proxy served");
+    let rps = web["rps"].as_f64().unwrap();
+    assert!((28.0..=52.0).contains(&rps), "the bot sends 40 requests/s; weft stat says {rps}");
+    assert!(web["latency_p99_ms"].as_f64().is_some_and(|p| p > 0.0));
+    let edges = Command::new(WEFT).args(["edges", "-n", "demo", "-o", "json"]).output().unwrap();
+    let edges: serde_json::Value = serde_json::from_slice(&edges.stdout).unwrap();
+    let edges = edges.as_array().unwrap();
+    let pairs: Vec<(String, String, bool)> = edges
+        .iter()
+        .map(|e| (e["src"].as_str().unwrap().into(), e["dst"].as_str().unwrap().into(), e["secured"] == true))
+        .collect();
+    for (src, dst) in [("vote-bot", "web"), ("web", "emoji"), ("web", "voting"), ("web", "leaderboard")] {
+        assert!(pairs.contains(&(src.into(), dst.into(), true)), "no mTLS edge {src} -> {dst}: {pairs:?}");
+    }
+    assert!(pairs.iter().all(|p| p.2), "an edge is not mTLS: {pairs:?}");
+
     // Ctrl-C: every process ends.
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(demo.child.id() as i32, libc::SIGINT) };

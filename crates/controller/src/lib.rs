@@ -7,6 +7,7 @@ mod destination;
 pub mod identity;
 pub mod inbound;
 mod metrics;
+pub mod observe;
 pub mod outbound;
 mod profile;
 mod routes;

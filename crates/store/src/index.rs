@@ -169,6 +169,11 @@ impl Index {
         self.objects.in_namespace(kind, namespace)
     }
 
+    /// Every resource of a kind, by namespace and name.
+    pub fn all(&self, kind: Kind) -> impl Iterator<Item = &Resource> {
+        self.objects.by_kind.get(&kind).into_iter().flat_map(|m| m.values())
+    }
+
     /// Recomputes the watched service ports a change can have affected.
     fn publish(&mut self, affected: &Affected) {
         self.endpoint_watches.retain(|_, tx| tx.receiver_count() > 0);

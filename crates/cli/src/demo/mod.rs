@@ -58,10 +58,10 @@ fn addr(host: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 77, host)
 }
 
-pub const CONTROLLER_GRPC: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 77, 2)), 8086);
-pub const CONTROLLER_ADMIN: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 77, 2)), 9990);
+/// The controller's addresses are `weft controller`'s defaults, so that
+/// `weft stat`, `weft check` and the rest find it without flags.
+pub const CONTROLLER_GRPC: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8086);
+pub const CONTROLLER_ADMIN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9990);
 /// The service port, where each workload's proxy listens inbound.
 const SERVICE_PORT: u16 = 8080;
 /// Where each application listens, behind its proxy.
@@ -243,7 +243,9 @@ async fn start_controller(identity_dir: &Path, store: &Path, tokens: &TokenKey) 
     let grpc = tokio::net::TcpListener::bind(CONTROLLER_GRPC).await.context("the controller's gRPC port")?;
     let admin =
         tokio::net::TcpListener::bind(CONTROLLER_ADMIN).await.context("the controller's admin port")?;
-    tokio::spawn(weft_controller::serve_admin(admin, index.clone(), metrics.clone()));
+    let observer = weft_controller::observe::Observer::new(index.clone(), Duration::from_secs(2));
+    tokio::spawn(observer.clone().run());
+    tokio::spawn(weft_controller::serve_admin(admin, index.clone(), metrics.clone(), Some(observer)));
     tokio::spawn(weft_controller::serve_grpc(grpc, index, metrics, Some(ca)));
     Ok(())
 }
@@ -356,7 +358,10 @@ fn print_up(dir: &Path, store: &Path) {
         "  curl -s http://{}:4191/metrics | grep ^response_total                    # web's golden metrics",
         addr(10)
     );
-    println!("  weft diagnostics policy --controller {CONTROLLER_GRPC} --workload demo:web-0 --port 8080");
+    println!("  weft check                                   # is everything healthy?");
+    println!("  weft stat -n demo                            # golden metrics per workload");
+    println!("  weft edges -n demo                           # who talks to whom, over mTLS");
+    println!("  weft diagnostics policy --workload demo:web-0 --port 8080");
     println!("  weft authz --store {} -n demo web-0", store.display());
     println!();
     println!("Ctrl-C stops the demo.");

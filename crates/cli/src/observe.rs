@@ -1,0 +1,336 @@
+//! `weft check`, `weft stat` and `weft edges`: what the controller sees of
+//! the mesh (it scrapes every meshed proxy), as tables or JSON.
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+use weft_proxy::config::parse_duration;
+
+#[derive(clap::Args, Clone)]
+pub struct Controller {
+    /// The controller's admin address.
+    #[arg(long, env = "WEFT_CONTROLLER_ADMIN", default_value = "127.0.0.1:9990")]
+    admin: SocketAddr,
+    /// Output: table (default), wide, or json.
+    #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "wide", "json"])]
+    output: String,
+}
+
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    controller: Controller,
+    /// Retry until every check passes, for up to this long.
+    #[arg(long, value_parser = parse_duration)]
+    wait: Option<Duration>,
+}
+
+#[derive(clap::Args)]
+pub struct StatArgs {
+    /// What to group by: deploy (workloads) or pod.
+    #[arg(default_value = "deploy", value_parser = ["deploy", "deployment", "pod", "po"])]
+    resource: String,
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+    /// How far back the rates and latencies look.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    window: Duration,
+    #[command(flatten)]
+    controller: Controller,
+}
+
+#[derive(clap::Args)]
+pub struct EdgesArgs {
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+    #[command(flatten)]
+    controller: Controller,
+}
+
+fn fetch(admin: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (status, body) = runtime.block_on(crate::http_get(admin, path)).with_context(|| {
+        format!(
+            "the controller's admin server at {admin} did not answer: is `weft controller` (or `weft demo`) running? \
+             (--admin or WEFT_CONTROLLER_ADMIN point elsewhere)"
+        )
+    })?;
+    if status != 200 {
+        bail!("{admin}{path} answered {status}: {}", body.trim());
+    }
+    Ok(body)
+}
+
+fn api(admin: SocketAddr, path: &str) -> anyhow::Result<Value> {
+    serde_json::from_str(&fetch(admin, path)?).with_context(|| format!("{admin}{path} did not answer JSON"))
+}
+
+fn colour(code: &str, text: &str) -> String {
+    // SAFETY: isatty has no preconditions.
+    if unsafe { libc::isatty(1) } == 1 { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_string() }
+}
+
+/// One check's outcome.
+struct Check {
+    name: String,
+    ok: bool,
+    /// A warning does not fail the run.
+    warn: bool,
+    hint: Option<String>,
+}
+
+fn checks(admin: SocketAddr) -> Vec<Check> {
+    let mut out = Vec::new();
+    let pass = |name: String| Check { name, ok: true, warn: false, hint: None };
+    let fail = |name: String, hint: String| Check { name, ok: false, warn: false, hint: Some(hint) };
+    let metrics = match fetch(admin, "/metrics") {
+        Ok(m) => {
+            out.push(pass(format!("the controller answers at {admin}")));
+            m
+        }
+        Err(e) => {
+            out.push(fail(format!("the controller answers at {admin}"), format!("{e:#}")));
+            return out;
+        }
+    };
+    let gauge = |name: &str| {
+        metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+    };
+    match gauge("weft_controller_index_rejected") {
+        Some(n) if n > 0.0 => out.push(fail(
+            "the store has no rejected resources".into(),
+            format!("{n} resources (or files) were refused: the controller's log says which and why"),
+        )),
+        _ => out.push(pass("the store has no rejected resources".into())),
+    }
+    let now = weft_controller::observe::now_unix() as f64;
+    match gauge("weft_controller_identity_issuer_expiration_timestamp_seconds") {
+        Some(t) if t > 0.0 => {
+            let days = (t - now) / 86_400.0;
+            if days < 30.0 {
+                out.push(fail(
+                    "the identity issuer is not near expiry".into(),
+                    format!(
+                        "it expires in {days:.1} days: `weft identity rotate-issuer DIR` makes a new one"
+                    ),
+                ));
+            } else {
+                out.push(pass(format!("the identity issuer is valid for {days:.0} more days")));
+            }
+        }
+        _ => out.push(Check {
+            name: "identity is on".into(),
+            ok: false,
+            warn: true,
+            hint: Some(
+                "the controller has no CA: start it with --identity-dir (see `weft identity init`)".into(),
+            ),
+        }),
+    }
+    let proxies = match api(admin, "/api/proxies") {
+        Ok(Value::Array(p)) => p,
+        Ok(_) | Err(_) => {
+            out.push(fail("the controller sees the proxies".into(), "it does not serve /api/proxies".into()));
+            return out;
+        }
+    };
+    if proxies.is_empty() {
+        out.push(fail(
+            "the controller sees meshed proxies".into(),
+            "no meshed pod yet (label linkerd.io/control-plane-ns, with a podIP), or the first scrape is still coming"
+                .into(),
+        ));
+        return out;
+    }
+    out.push(pass(format!("the controller sees {} proxies", proxies.len())));
+    let name =
+        |p: &Value| format!("{}/{}", p["namespace"].as_str().unwrap_or(""), p["pod"].as_str().unwrap_or(""));
+    let not_ready: Vec<String> = proxies
+        .iter()
+        .filter(|p| p["ready"] != Value::Bool(true))
+        .map(|p| format!("{} ({})", name(p), p["error"].as_str().unwrap_or("not ready")))
+        .collect();
+    if not_ready.is_empty() {
+        out.push(pass("every proxy is ready".into()));
+    } else {
+        out.push(fail("every proxy is ready".into(), format!("not ready: {}", not_ready.join(", "))));
+    }
+    let stale: Vec<String> = proxies
+        .iter()
+        .filter(|p| p["certificate_expires"].as_f64().is_none_or(|t| t <= now))
+        .map(name)
+        .collect();
+    if stale.is_empty() {
+        out.push(pass("every proxy has a current certificate".into()));
+    } else {
+        out.push(fail(
+            "every proxy has a current certificate".into(),
+            format!("no current certificate: {} (their logs say why certification fails)", stale.join(", ")),
+        ));
+    }
+    out
+}
+
+pub fn check(args: CheckArgs) -> anyhow::Result<()> {
+    let admin = args.controller.admin;
+    let deadline = args.wait.map(|w| Instant::now() + w);
+    let results = loop {
+        let results = checks(admin);
+        let failing = results.iter().filter(|c| !c.ok && !c.warn).count();
+        match deadline {
+            Some(d) if failing > 0 && Instant::now() < d => {
+                eprint!("\rwaiting for {failing} of {} checks to pass...", results.len());
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            _ => {
+                if deadline.is_some() {
+                    eprint!("\r{:60}\r", "");
+                }
+                break results;
+            }
+        }
+    };
+    let failed = results.iter().any(|c| !c.ok && !c.warn);
+    if args.controller.output == "json" {
+        let list: Vec<Value> = results
+            .iter()
+            .map(|c| serde_json::json!({"check": c.name, "ok": c.ok, "warning": c.warn, "hint": c.hint}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else {
+        for c in &results {
+            let mark = match (c.ok, c.warn) {
+                (true, _) => colour("32", "√"),
+                (false, true) => colour("33", "‼"),
+                (false, false) => colour("31", "×"),
+            };
+            println!("{mark} {}", c.name);
+            if let Some(hint) = &c.hint {
+                println!("    {hint}");
+            }
+        }
+        println!();
+        println!("Status check results are {}", if failed { colour("31", "×") } else { colour("32", "√") });
+    }
+    if failed {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+pub fn stat(args: StatArgs) -> anyhow::Result<()> {
+    let by = if args.resource.starts_with("po") { "pod" } else { "deploy" };
+    let mut path = format!("/api/stat?by={by}&window={}", args.window.as_secs().max(1));
+    if let Some(ns) = &args.namespace {
+        path += &format!("&namespace={ns}");
+    }
+    let rows = api(args.controller.admin, &path)?;
+    if args.controller.output == "json" {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let rows = rows.as_array().cloned().unwrap_or_default();
+    let wide = args.controller.output == "wide";
+    let header =
+        ["NAME", "MESHED", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99", "TCP_CONN"];
+    let mut table: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    if args.namespace.is_none() || wide {
+        table[0].insert(0, "NAMESPACE".into());
+    }
+    let ms = |v: &Value| {
+        v.as_f64().map_or("-".into(), |v| if v < 10.0 { format!("{v:.1}ms") } else { format!("{v:.0}ms") })
+    };
+    for r in &rows {
+        let mut row = vec![
+            r["name"].as_str().unwrap_or("").to_string(),
+            r["meshed"].as_str().unwrap_or("").to_string(),
+            r["success_rate"].as_f64().map_or("-".into(), |s| format!("{:.2}%", s * 100.0)),
+            format!("{:.1}", r["rps"].as_f64().unwrap_or(0.0)),
+            ms(&r["latency_p50_ms"]),
+            ms(&r["latency_p95_ms"]),
+            ms(&r["latency_p99_ms"]),
+            format!("{}", r["tcp_connections"].as_f64().unwrap_or(0.0)),
+        ];
+        if args.namespace.is_none() || wide {
+            row.insert(0, r["namespace"].as_str().unwrap_or("").to_string());
+        }
+        table.push(row);
+    }
+    if rows.is_empty() {
+        println!(
+            "No meshed resources found{}.",
+            args.namespace.map(|n| format!(" in namespace {n}")).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    print_table(&table);
+    Ok(())
+}
+
+pub fn edges(args: EdgesArgs) -> anyhow::Result<()> {
+    let mut path = "/api/edges".to_string();
+    if let Some(ns) = &args.namespace {
+        path += &format!("?namespace={ns}");
+    }
+    let edges = api(args.controller.admin, &path)?;
+    if args.controller.output == "json" {
+        println!("{}", serde_json::to_string_pretty(&edges)?);
+        return Ok(());
+    }
+    let wide = args.controller.output == "wide";
+    let mut table = vec![
+        vec!["SRC", "DST", "SRC_NS", "DST_NS", "SECURED"].iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+    ];
+    if wide {
+        table[0].extend(["CLIENT_ID".to_string(), "SERVER_ID".to_string()]);
+    }
+    for e in edges.as_array().into_iter().flatten() {
+        let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
+        let secured =
+            if e["secured"] == Value::Bool(true) { colour("32", "√") } else { colour("31", "×") };
+        let mut row = vec![s("src"), s("dst"), s("src_namespace"), s("dst_namespace"), secured];
+        if wide {
+            row.extend([s("client_id"), s("server_id")]);
+        }
+        table.push(row);
+    }
+    if table.len() == 1 {
+        println!("No edges found yet (the controller scrapes the proxies every 2s).");
+        return Ok(());
+    }
+    print_table(&table);
+    Ok(())
+}
+
+/// Aligned columns, two spaces apart (widths by characters, so that
+/// colour codes and symbols do not skew them).
+fn print_table(rows: &[Vec<String>]) {
+    let visible = |s: &str| {
+        let mut n = 0;
+        let mut in_escape = false;
+        for c in s.chars() {
+            match (in_escape, c) {
+                (false, '\x1b') => in_escape = true,
+                (true, 'm') => in_escape = false,
+                (true, _) => {}
+                (false, _) => n += 1,
+            }
+        }
+        n
+    };
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| rows.iter().filter_map(|r| r.get(i)).map(|c| visible(c)).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c}{}", " ".repeat(widths[i].saturating_sub(visible(c)))))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
