@@ -281,9 +281,8 @@ pub fn edges(args: EdgesArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let wide = args.controller.output == "wide";
-    let mut table = vec![
-        vec!["SRC", "DST", "SRC_NS", "DST_NS", "SECURED"].iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-    ];
+    let mut table =
+        vec![["SRC", "DST", "SRC_NS", "DST_NS", "SECURED"].iter().map(|s| s.to_string()).collect::<Vec<_>>()];
     if wide {
         table[0].extend(["CLIENT_ID".to_string(), "SERVER_ID".to_string()]);
     }
