@@ -134,6 +134,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
         // The proxies, as `weft stat`, `weft edges` and `weft check` see them.
         let observer = weft_controller::observe::Observer::new(index.clone(), Duration::from_secs(2));
+        if let Some(ca) = &ca {
+            observer.enable_tap(ca.clone());
+        }
         tokio::spawn(observer.clone().run());
         tokio::spawn(weft_controller::serve_admin(admin, index.clone(), metrics.clone(), Some(observer)));
         let inbound = weft_controller::inbound::InboundConfig {

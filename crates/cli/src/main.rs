@@ -38,6 +38,8 @@ enum Command {
     Stat(observe::StatArgs),
     /// Who talks to whom, and whether over mutual TLS.
     Edges(observe::EdgesArgs),
+    /// Live requests and responses through the proxies, with identities.
+    Tap(observe::TapArgs),
     /// Run a whole mesh on this machine: the controller, a demo
     /// application of five workloads, and a weft-proxy beside each.
     Demo(demo::DemoArgs),
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Command::Check(args) => observe::check(args),
         Command::Stat(args) => observe::stat(args),
         Command::Edges(args) => observe::edges(args),
+        Command::Tap(args) => observe::tap(args),
         Command::DemoApp(args) => demo::apps::run(args),
         Command::Diagnostics(command) => authz::diagnostics(command),
     };

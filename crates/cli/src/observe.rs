@@ -333,3 +333,128 @@ fn print_table(rows: &[Vec<String>]) {
         println!("{}", line.join("  ").trim_end());
     }
 }
+
+#[derive(clap::Args)]
+pub struct TapArgs {
+    /// What to tap: `deploy/NAME` (a workload, by its app label),
+    /// `pod/NAME`, or `ns` for the whole namespace.
+    target: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    /// Only requests with this method.
+    #[arg(long)]
+    method: Option<String>,
+    /// Only requests whose path starts with this.
+    #[arg(long)]
+    path: Option<String>,
+    /// Only requests for this authority.
+    #[arg(long)]
+    authority: Option<String>,
+    /// Stop after this many requests per proxy (0: until interrupted).
+    #[arg(long, default_value_t = 0)]
+    max: u32,
+    #[command(flatten)]
+    controller: Controller,
+}
+
+/// Percent-encodes a query value.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' | b':' => {
+                (b as char).to_string()
+            }
+            b => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub fn tap(args: TapArgs) -> anyhow::Result<()> {
+    let mut query = format!("namespace={}", encode(&args.namespace));
+    match args.target.split_once('/') {
+        Some(("deploy" | "deployment" | "workload", name)) => query += &format!("&workload={}", encode(name)),
+        Some(("pod" | "po", name)) => query += &format!("&pod={}", encode(name)),
+        None if args.target == "ns" || args.target == "namespace" => {}
+        _ => bail!("{:?}: tap deploy/NAME, pod/NAME, or ns", args.target),
+    }
+    for (k, v) in [("method", &args.method), ("path", &args.path), ("authority", &args.authority)] {
+        if let Some(v) = v {
+            query += &format!("&{k}={}", encode(v));
+        }
+    }
+    if args.max > 0 {
+        query += &format!("&limit={}", args.max);
+    }
+    let json = args.controller.output == "json";
+    let admin = args.controller.admin;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        use http_body_util::BodyExt;
+        let sock = tokio::net::TcpStream::connect(admin).await.with_context(|| {
+            format!("the controller's admin server at {admin} did not answer: is `weft controller` (or `weft demo`) running?")
+        })?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(sock)).await?;
+        tokio::spawn(conn);
+        let req = http::Request::get(format!("/api/tap?{query}"))
+            .header(http::header::HOST, admin.to_string())
+            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+        let rsp = send.send_request(req).await?;
+        let status = rsp.status();
+        let mut body = rsp.into_body();
+        if !status.is_success() {
+            let text = body.collect().await?.to_bytes();
+            bail!("the controller refused the tap ({status}): {}", String::from_utf8_lossy(&text).trim());
+        }
+        let mut pending = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else { continue };
+            pending.extend_from_slice(&data);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+                let text = if let Some(error) = line.strip_prefix("error: ") {
+                    eprintln!("weft tap: {error}");
+                    continue;
+                } else if json {
+                    line
+                } else if let Ok(event) = serde_json::from_str::<Value>(&line) {
+                    tap_text(&event)
+                } else {
+                    continue;
+                };
+                use std::io::Write;
+                if writeln!(std::io::stdout(), "{text}").is_err() {
+                    // The reader went away (`| head`): done.
+                    return anyhow::Ok(());
+                }
+            }
+        }
+        anyhow::Ok(())
+    })
+}
+
+/// One tap event, as Linkerd's `tap` prints it.
+fn tap_text(e: &Value) -> String {
+    let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
+    let mut tls = format!("tls={}", s("tls"));
+    if let Some(id) = e["client_id"].as_str() {
+        tls += &format!(" client_id={id}");
+    }
+    if let Some(id) = e["server_id"].as_str() {
+        tls += &format!(" server_id={id}");
+    }
+    let head = format!(
+        "id={} proxy={:<3} src={} dst={} {tls}",
+        s("id"),
+        s("direction"),
+        s("source"),
+        s("destination")
+    );
+    if s("event") == "request" {
+        format!("req {head} :method={} :authority={} :path={}", s("method"), s("authority"), s("path"))
+    } else {
+        let latency =
+            e["latency_ms"].as_f64().map_or(String::new(), |l| format!(" latency={:.0}µs", l * 1000.0));
+        format!("rsp {head} :status={}{latency}", e["status"])
+    }
+}

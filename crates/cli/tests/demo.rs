@@ -178,6 +178,30 @@ fn the_demo_runs_meshed_and_stops_clean() {
     }
     assert!(pairs.iter().all(|p| p.2), "an edge is not mTLS: {pairs:?}");
 
+    // Live requests, with who sent them and who answered.
+    let tap = Command::new(WEFT)
+        .args(["tap", "-n", "demo", "deploy/web", "--max", "5", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(tap.status.success(), "{}", String::from_utf8_lossy(&tap.stderr));
+    let events: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&tap.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(events.len() >= 5, "{events:?}");
+    assert!(
+        events.iter().any(|e| e["direction"] == "in"
+            && e["client_id"] == "vote-bot.demo.serviceaccount.identity.weft.cluster.local"
+            && e["tls"] == "true"),
+        "{events:?}"
+    );
+    assert!(
+        events.iter().any(|e| e["direction"] == "out"
+            && e["server_id"]
+                .as_str()
+                .is_some_and(|id| id.ends_with(".demo.serviceaccount.identity.weft.cluster.local"))),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| e["event"] == "response" && e["status"].as_u64().is_some()), "{events:?}");
+
     // Ctrl-C: every process ends.
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(demo.child.id() as i32, libc::SIGINT) };

@@ -5,7 +5,7 @@
 use crate::{Metrics, observe::Observer};
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper_util::rt::TokioIo;
 use std::{convert::Infallible, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
@@ -23,16 +23,15 @@ pub async fn serve_admin(
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let query = req.uri().query().unwrap_or_default().to_string();
-                let rsp = match (req.uri().path(), &observer) {
+                let rsp: Result<Response<Body>, http::Error> = match (req.uri().path(), &observer) {
+                    ("/api/tap", Some(o)) => tap(o, &query),
                     ("/metrics", _) => Response::builder()
                         .header(
                             header::CONTENT_TYPE,
                             "application/openmetrics-text; version=1.0.0; charset=utf-8",
                         )
-                        .body(Full::new(Bytes::from(metrics.encode(&index)))),
-                    ("/ready" | "/live", _) => {
-                        Response::builder().body(Full::new(Bytes::from_static(b"ok\n")))
-                    }
+                        .body(full(metrics.encode(&index))),
+                    ("/ready" | "/live", _) => Response::builder().body(full("ok\n")),
                     ("/api/proxies", Some(o)) => json(&o.proxies()),
                     ("/api/stat", Some(o)) => {
                         let window = Duration::from_secs(
@@ -42,9 +41,7 @@ pub async fn serve_admin(
                         json(&o.stat(param(&query, "namespace"), by_pod, window))
                     }
                     ("/api/edges", Some(o)) => json(&o.edges(param(&query, "namespace"))),
-                    _ => Response::builder()
-                        .status(StatusCode::NOT_FOUND)
-                        .body(Full::new(Bytes::from_static(b"not found\n"))),
+                    _ => Response::builder().status(StatusCode::NOT_FOUND).body(full("not found\n")),
                 };
                 std::future::ready(Ok::<_, Infallible>(rsp.expect("a valid response")))
             });
@@ -54,9 +51,66 @@ pub async fn serve_admin(
     }
 }
 
-fn json<T: serde::Serialize>(value: &T) -> Result<Response<Full<Bytes>>, http::Error> {
+type Body = BoxBody<Bytes, Infallible>;
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).boxed()
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<Response<Body>, http::Error> {
     let body = serde_json::to_vec(value).unwrap_or_default();
-    Response::builder().header(header::CONTENT_TYPE, "application/json").body(Full::new(Bytes::from(body)))
+    Response::builder().header(header::CONTENT_TYPE, "application/json").body(full(body))
+}
+
+/// `/api/tap`: tap events as JSON lines, for as long as the client reads.
+fn tap(observer: &Observer, query: &str) -> Result<Response<Body>, http::Error> {
+    let get = |name| param(query, name).map(decode);
+    let Some(namespace) = get("namespace") else {
+        return Response::builder().status(StatusCode::BAD_REQUEST).body(full("namespace is required\n"));
+    };
+    let query = crate::tap::TapQuery {
+        namespace,
+        workload: get("workload"),
+        pod: get("pod"),
+        method: get("method"),
+        path: get("path"),
+        authority: get("authority"),
+        limit: get("limit").and_then(|l| l.parse().ok()).unwrap_or(0),
+    };
+    let Some(rx) = observer.tap(query) else {
+        return Response::builder()
+            .status(StatusCode::SERVICE_UNAVAILABLE)
+            .body(full("taps need the controller's identity: start it with --identity-dir\n"));
+    };
+    use futures_util::StreamExt;
+    let lines = tokio_stream::wrappers::ReceiverStream::new(rx)
+        .map(|line| Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(line + "\n"))));
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(BodyExt::boxed(StreamBody::new(lines)))
+}
+
+/// Percent-decoding of a query value.
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                Ok(b) => {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+                Err(_) => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A query parameter (values are plain names and numbers: no decoding).

@@ -159,6 +159,17 @@ impl Ca {
         self.state().anchors.clone()
     }
 
+    /// Mesh TLS as a client, presenting the controller's own certificate
+    /// (which also names the tap service): how it taps proxies.
+    pub fn client_tls(&self) -> Arc<rustls::ClientConfig> {
+        let state = self.state();
+        weft_identity::tls::client_config(state.anchors.roots(), Some(state.own.clone()))
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.config.names
+    }
+
     fn state(&self) -> Arc<State> {
         self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -272,10 +283,10 @@ fn load_state(config: &CaConfig, own_key: &LocalKey) -> Result<State, CaError> {
     let anchors = TrustAnchors::read(&config.dir.join(ANCHOR_CERT))?;
     let issuer = Issuer::read(&config.dir, &anchors, now)?;
     let names = &config.names;
-    let own_names = [names.destination_service(), names.identity_service()];
+    let own_names = [names.destination_service(), names.identity_service(), names.tap_service()];
     let own = Arc::new(Credentials::new(own_names[0].clone(), anchors.roots(), own_key));
     let leaf = issuer.issue(
-        &[own_names[0].as_str(), own_names[1].as_str()],
+        &[own_names[0].as_str(), own_names[1].as_str(), own_names[2].as_str()],
         own_key.public_key(),
         config.lifetime,
         config.clock_skew,

@@ -11,6 +11,7 @@ pub mod observe;
 pub mod outbound;
 mod profile;
 mod routes;
+pub mod tap;
 
 pub use admin::serve_admin;
 pub use destination::DestinationService;

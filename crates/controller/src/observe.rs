@@ -20,6 +20,8 @@ pub struct Observer {
     index: SharedIndex,
     every: Duration,
     proxies: Mutex<BTreeMap<(String, String), ProxyState>>,
+    /// Set when the controller has a CA: taps need its identity.
+    ca: Mutex<Option<Arc<crate::identity::Ca>>>,
 }
 
 /// One proxy as last seen.
@@ -103,7 +105,18 @@ pub struct Edge {
 
 impl Observer {
     pub fn new(index: SharedIndex, every: Duration) -> Arc<Self> {
-        Arc::new(Self { index, every, proxies: Mutex::new(BTreeMap::new()) })
+        Arc::new(Self { index, every, proxies: Mutex::new(BTreeMap::new()), ca: Mutex::new(None) })
+    }
+
+    /// Lets `/api/tap` tap proxies as the controller's identity.
+    pub fn enable_tap(&self, ca: Arc<crate::identity::Ca>) {
+        *self.ca.lock().unwrap_or_else(|p| p.into_inner()) = Some(ca);
+    }
+
+    /// Starts a tap; `None` without a CA.
+    pub fn tap(&self, query: crate::tap::TapQuery) -> Option<tokio::sync::mpsc::Receiver<String>> {
+        let ca = self.ca.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
+        Some(crate::tap::start(&self.index, ca, query))
     }
 
     /// Scrapes every meshed pod's proxy, for as long as the task runs.

@@ -39,6 +39,11 @@ impl Names {
         self.workload(&self.control_plane_ns, &format!("{}-identity", self.control_plane_ns))
     }
 
+    /// The identity that may tap proxies (`LINKERD2_PROXY_TAP_SVC_NAME`).
+    pub fn tap_service(&self) -> String {
+        self.workload(&self.control_plane_ns, &format!("{}-tap", self.control_plane_ns))
+    }
+
     /// The identity the controller's Destination and policy APIs present
     /// (`LINKERD2_PROXY_DESTINATION_SVC_NAME`, `..._POLICY_SVC_NAME`).
     pub fn destination_service(&self) -> String {

@@ -169,6 +169,17 @@ pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Option<String> {
     })
 }
 
+/// Whether a verified peer certificate names `identity` among its DNS names.
+pub fn peer_has_identity(certs: Option<&[CertificateDer<'_>]>, identity: &str) -> bool {
+    let Some(cert) = certs.and_then(|c| c.first()) else { return false };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert) else { return false };
+    let Ok(Some(san)) = cert.subject_alternative_name() else { return false };
+    san.value
+        .general_names
+        .iter()
+        .any(|n| matches!(n, x509_parser::extensions::GeneralName::DNSName(d) if *d == identity))
+}
+
 /// Checks, as a peer would, that `leaf` proves `name` under `roots`.
 pub fn verify_server(
     roots: &Arc<RootCertStore>,

@@ -45,6 +45,10 @@ pub struct Proxy {
     discovery: Option<Arc<Discovery>>,
     identity: Option<Arc<Identity>>,
     policies: Arc<Policies>,
+    /// The control listener and the identity allowed to tap, when taps
+    /// are served.
+    tap: Option<(TcpListener, String)>,
+    taps: Arc<crate::tap::Taps>,
 }
 
 /// One direction's listener and what its connections share.
@@ -135,7 +139,22 @@ impl Proxy {
             _ => None,
         };
         let policies = Policies::new(policy_client, default_policy);
+        // Taps are served only over mesh TLS, so only with an identity.
+        let tap = match (&identity, &config.tap_name) {
+            (Some(_), Some(name)) => {
+                Some((bind(ENV_CONTROL_LISTEN_ADDR, config.control_addr).await?, name.clone()))
+            }
+            (None, Some(_)) => {
+                tracing::warn!(
+                    "{ENV_TAP_SVC_NAME} is set but identity is off: taps need mesh TLS; not serving them"
+                );
+                None
+            }
+            _ => None,
+        };
         Ok(Self {
+            tap,
+            taps: Arc::default(),
             discovery,
             identity,
             policies,
@@ -192,6 +211,7 @@ impl Proxy {
                     own_addr,
                     drain: self.drain.clone(),
                     discovery: discovery.clone(),
+                    taps: self.taps.clone(),
                 }),
                 discovery,
                 identity: self.identity.clone().filter(|_| direction == Direction::Inbound),
@@ -224,6 +244,18 @@ impl Proxy {
             drain: self.drain.clone(),
         });
         let admin_task = tokio::spawn(admin.serve(self.admin));
+        let tap_task = match (self.tap, &self.identity) {
+            (Some((listener, name)), Some(identity)) => {
+                tracing::info!(addr = ?listener.local_addr().ok(), tapper = %name, "serving taps");
+                Some(tokio::spawn(crate::tap::serve(
+                    listener,
+                    self.taps.clone(),
+                    identity.server_tls.clone(),
+                    name,
+                )))
+            }
+            _ => None,
+        };
         let inbound_task = tokio::spawn(inbound.accept_loop(self.inbound));
         let outbound_task = tokio::spawn(outbound.accept_loop(self.outbound));
 
@@ -239,7 +271,7 @@ impl Proxy {
             tracing::warn!(connections = left, ?grace, "grace period over; closing the rest");
         }
         admin_task.abort();
-        if let Some(task) = identity_task {
+        for task in [identity_task, tap_task].into_iter().flatten() {
             task.abort();
         }
         left
@@ -413,13 +445,12 @@ impl Listener {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let client = inbound.client;
-        let authz = || inbound.policy.clone().map(|policy| (policy, client.ip()));
         match detected {
             Detected::Protocol(Protocol::Http1) => {
-                self.serve_http(io, Proto::Http1, target, service, tls, authz()).await
+                self.serve_http(io, Proto::Http1, target, service, tls, inbound).await
             }
             Detected::Protocol(Protocol::H2) => {
-                self.serve_http(io, Proto::Http2, target, service, tls, authz()).await
+                self.serve_http(io, Proto::Http2, target, service, tls, inbound).await
             }
             Detected::Protocol(Protocol::Tls) => {
                 // The application's own TLS: its client is not known to
@@ -490,11 +521,12 @@ impl Listener {
         target: Option<SocketAddr>,
         service: Option<Arc<ServiceRoute>>,
         tls: Tls,
-        authz: Option<(PortPolicy, std::net::IpAddr)>,
+        inbound: &Inbound,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let svc = ConnService::new(self.http.clone(), proto, target, service, tls, authz);
+        let authz = inbound.policy.clone().map(|policy| (policy, inbound.client.ip()));
+        let svc = ConnService::new(self.http.clone(), proto, target, service, tls, authz, inbound.client);
         let io = TokioIo::new(io);
         let result = match proto {
             Proto::Http1 => {

@@ -38,6 +38,8 @@ pub const ENV_IDENTITY_MIN_REFRESH: &str = "LINKERD2_PROXY_IDENTITY_MIN_REFRESH"
 pub const ENV_IDENTITY_MAX_REFRESH: &str = "LINKERD2_PROXY_IDENTITY_MAX_REFRESH";
 pub const ENV_DESTINATION_SVC_NAME: &str = "LINKERD2_PROXY_DESTINATION_SVC_NAME";
 pub const ENV_POLICY_SVC_NAME: &str = "LINKERD2_PROXY_POLICY_SVC_NAME";
+pub const ENV_TAP_SVC_NAME: &str = "LINKERD2_PROXY_TAP_SVC_NAME";
+pub const ENV_TAP_DISABLED: &str = "LINKERD2_PROXY_TAP_DISABLED";
 pub const ENV_INBOUND_DEFAULT_POLICY: &str = "LINKERD2_PROXY_INBOUND_DEFAULT_POLICY";
 pub const ENV_POLICY_CLUSTER_NETWORKS: &str = "LINKERD2_PROXY_POLICY_CLUSTER_NETWORKS";
 pub const ENV_INBOUND_PORTS_REQUIRE_IDENTITY: &str = "LINKERD2_PROXY_INBOUND_PORTS_REQUIRE_IDENTITY";
@@ -70,6 +72,9 @@ pub struct Config {
     pub identity: Option<IdentityConfig>,
     /// Inbound ports that accept only clients with a mesh identity.
     pub require_identity_ports: PortSet,
+    /// The identity allowed to tap this proxy; set (with mesh identity on),
+    /// the tap server listens on the control address.
+    pub tap_name: Option<String>,
     /// The inbound policy where the controller gives none.
     pub default_policy: String,
     /// The networks `cluster-*` default policies admit.
@@ -189,6 +194,10 @@ impl Config {
             require_identity_ports: env
                 .parse(ENV_INBOUND_PORTS_REQUIRE_IDENTITY, PortSet::parse)?
                 .unwrap_or_default(),
+            tap_name: match env.parse(ENV_TAP_DISABLED, parse_bool)? {
+                Some(true) => None,
+                _ => env.parse(ENV_TAP_SVC_NAME, parse_identity_name)?,
+            },
             default_policy: env
                 .parse(ENV_INBOUND_DEFAULT_POLICY, parse_default_policy)?
                 .unwrap_or_else(|| "all-unauthenticated".into()),

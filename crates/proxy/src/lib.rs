@@ -17,6 +17,7 @@ pub mod identity;
 pub mod io;
 pub mod metrics;
 pub mod policy;
+pub mod tap;
 pub mod tcp;
 
 pub use app::Proxy;

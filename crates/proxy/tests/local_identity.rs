@@ -303,3 +303,54 @@ async fn certificates_renew_under_load_without_failed_requests() {
     }
     assert_eq!(mesh.stats.requests.load(Ordering::SeqCst) as u32, sent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taps_are_served_only_to_the_tap_identity() {
+    use linkerd2_proxy_api::tap::{ObserveRequest, tap_client::TapClient, tap_event};
+    let tapper = weft_identity::Names::default().tap_service();
+    let env = [
+        ("LINKERD2_PROXY_TAP_SVC_NAME", tapper.as_str()),
+        ("LINKERD2_PROXY_CONTROL_LISTEN_ADDR", "127.0.0.1:0"),
+    ];
+    let mesh = Meshed::start_with("tap", false, Duration::from_secs(3600), &env).await;
+    let log = mesh.server.log();
+    let control: SocketAddr = log
+        .lines()
+        .find_map(|l| l.split("serving taps addr=Some(").nth(1)?.split(')').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("the server proxy did not say where it serves taps:\n{log}"));
+    let web = mesh.ca.identity("shop", "web");
+    let tap = |as_whom: Option<String>| {
+        let config = match as_whom {
+            Some(name) => {
+                mesh.ca.client_config(&mesh.ca.issuer(), &name, SystemTime::now(), Duration::from_secs(600))
+            }
+            None => weft_identity::tls::client_config(mesh.ca.anchors().roots(), None),
+        };
+        let tls =
+            weft_proxy::control::ControlTls { config, name: ServerName::try_from(web.clone()).unwrap() };
+        let channel =
+            weft_proxy::control::channel(&control.to_string(), Some(tls), Duration::from_secs(2)).unwrap();
+        async move { TapClient::new(channel).observe(ObserveRequest { limit: 1, ..Default::default() }).await }
+    };
+
+    // Anyone else is refused: another workload's identity, or none.
+    assert!(tap(Some(mesh.ca.identity("shop", "client"))).await.is_err(), "a workload tapped a proxy");
+    assert!(tap(None).await.is_err(), "a client without a certificate tapped a proxy");
+
+    // The tap identity sees a request, with who sent it.
+    let mut events = tap(Some(tapper.clone())).await.expect("the tapper may tap").into_inner();
+    let rsp = get(mesh.client.outbound, "/tapped", None).await;
+    assert_eq!(rsp.status(), StatusCode::OK);
+    let event =
+        tokio::time::timeout(Duration::from_secs(5), events.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(event.proxy_direction, tap_event::ProxyDirection::Inbound as i32);
+    let labels = &event.source_meta.as_ref().unwrap().labels;
+    assert_eq!(
+        labels.get("client_id").map(String::as_str),
+        Some(mesh.ca.identity("shop", "client").as_str())
+    );
+    let Some(tap_event::Event::Http(http)) = event.event else { panic!("not an HTTP event") };
+    let Some(tap_event::http::Event::RequestInit(init)) = http.event else { panic!("not a request") };
+    assert_eq!(init.path, "/tapped");
+    assert_eq!(init.authority, AUTHORITY);
+}

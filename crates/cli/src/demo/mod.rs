@@ -244,6 +244,7 @@ async fn start_controller(identity_dir: &Path, store: &Path, tokens: &TokenKey) 
     let admin =
         tokio::net::TcpListener::bind(CONTROLLER_ADMIN).await.context("the controller's admin port")?;
     let observer = weft_controller::observe::Observer::new(index.clone(), Duration::from_secs(2));
+    observer.enable_tap(ca.clone());
     tokio::spawn(observer.clone().run());
     tokio::spawn(weft_controller::serve_admin(admin, index.clone(), metrics.clone(), Some(observer)));
     tokio::spawn(weft_controller::serve_grpc(grpc, index, metrics, Some(ca)));
@@ -297,6 +298,7 @@ fn start_proxy(
         .env("LINKERD2_PROXY_IDENTITY_TOKEN_FILE", token)
         .env("LINKERD2_PROXY_IDENTITY_SVC_ADDR", CONTROLLER_GRPC.to_string())
         .env("LINKERD2_PROXY_IDENTITY_SVC_NAME", names.identity_service())
+        .env("LINKERD2_PROXY_TAP_SVC_NAME", names.tap_service())
         .env("LINKERD2_PROXY_LOG", "warn,weft=info");
     spawn(cmd, dir, &format!("{}-proxy", w.name))
 }
@@ -361,6 +363,7 @@ fn print_up(dir: &Path, store: &Path) {
     println!("  weft check                                   # is everything healthy?");
     println!("  weft stat -n demo                            # golden metrics per workload");
     println!("  weft edges -n demo                           # who talks to whom, over mTLS");
+    println!("  weft tap -n demo deploy/web                  # live requests, with identities");
     println!("  weft diagnostics policy --workload demo:web-0 --port 8080");
     println!("  weft authz --store {} -n demo web-0", store.display());
     println!();

@@ -53,6 +53,8 @@ pub struct HttpProxy {
     pub drain: crate::drain::Drain,
     /// The controller's answers, for outbound traffic in ingress mode.
     pub discovery: Option<Arc<Discovery>>,
+    /// Open taps, told about the requests they match.
+    pub taps: Arc<crate::tap::Taps>,
 }
 
 /// The service for one accepted connection.
@@ -75,6 +77,8 @@ struct Conn {
     /// Inbound: the port's policy and the client's address, for a
     /// verdict on each request.
     authz: Option<(PortPolicy, std::net::IpAddr)>,
+    /// Who opened the connection (taps report it as the source).
+    peer: SocketAddr,
     /// The last route used: most connections speak to one authority.
     route: Mutex<Option<RouteMetrics>>,
 }
@@ -89,11 +93,12 @@ impl ConnService {
         service: Option<Arc<ServiceRoute>>,
         tls: Tls,
         authz: Option<(PortPolicy, std::net::IpAddr)>,
+        peer: SocketAddr,
     ) -> Self {
         let target = target.filter(|_| !proxy.ingress_mode);
         let client = target.filter(|_| service.is_none()).map(|t| proxy.clients.get(t, proto));
         let route = Mutex::new(None);
-        Self { inner: Arc::new(Conn { proxy, proto, target, client, service, tls, authz, route }) }
+        Self { inner: Arc::new(Conn { proxy, proto, target, client, service, tls, authz, peer, route }) }
     }
 }
 
@@ -136,11 +141,19 @@ impl Conn {
         };
         let route = self.route(&authority, target, picked.as_ref());
         route.request();
+        let tapped = self.tap(&req, &authority, target, &route);
+        let fail = |error| {
+            let rsp = self.fail(Some(&route), error, grpc);
+            if let Some(tapped) = &tapped {
+                tapped.response(rsp.status().as_u16());
+            }
+            rsp
+        };
         if is_same_listener(self.proxy.own_addr, target) {
-            return self.fail(Some(&route), ProxyError::Loop { addr: target }, grpc);
+            return fail(ProxyError::Loop { addr: target });
         }
         if let Err(denied) = self.authorize(&req, grpc, target) {
-            return self.fail(Some(&route), denied, grpc);
+            return fail(denied);
         }
 
         // Prepare the request for the next hop.
@@ -174,8 +187,11 @@ impl Conn {
 
         let mut rsp = match client.request(req).await {
             Ok(rsp) => rsp,
-            Err(e) => return self.fail(Some(&route), ProxyError::from_client(e), grpc),
+            Err(e) => return fail(ProxyError::from_client(e)),
         };
+        if let Some(tapped) = &tapped {
+            tapped.response(rsp.status().as_u16());
+        }
         if upgrade_h2 {
             rsp.headers_mut().remove(L5D_ORIG_PROTO);
             *rsp.version_mut() = orig_version;
@@ -246,6 +262,30 @@ impl Conn {
         }
         let t = resolve(authority).await?;
         Ok((t, clients.get(t, self.proto), None, false))
+    }
+
+    /// Offers the request to the open taps (one atomic load when none is).
+    fn tap<B>(
+        &self,
+        req: &Request<B>,
+        authority: &Authority,
+        target: SocketAddr,
+        route: &RouteMetrics,
+    ) -> Option<crate::tap::Tapped> {
+        if !self.proxy.taps.is_active() {
+            return None;
+        }
+        let labels = route.labels();
+        self.proxy.taps.request(&crate::tap::RequestInfo {
+            direction: self.proxy.direction,
+            source: self.peer,
+            destination: target,
+            tls: &labels.tls,
+            dst_labels: labels.dst.as_deref(),
+            method: req.method(),
+            authority: authority.as_str(),
+            path: req.uri().path(),
+        })
     }
 
     /// The port policy's verdict on an inbound request, counted.
