@@ -29,6 +29,24 @@ pub struct AuthzArgs {
 
 #[derive(clap::Subcommand)]
 pub enum Diagnostics {
+    /// A pod's proxy metrics (the controller says where its admin is).
+    ProxyMetrics {
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        pod: String,
+        /// The controller's admin address.
+        #[arg(long, env = "WEFT_CONTROLLER_ADMIN", default_value = "127.0.0.1:9990")]
+        admin: std::net::SocketAddr,
+    },
+    /// A service's endpoints, as the controller's Destination API streams
+    /// them to proxies.
+    Endpoints {
+        /// `name.ns.svc.cluster.local:port`, or a cluster IP and port.
+        authority: String,
+        /// The controller's gRPC address.
+        #[arg(long, default_value = "127.0.0.1:8086")]
+        controller: String,
+    },
     /// The policy a workload's port gets, straight from the controller.
     Policy {
         /// The controller's gRPC address.
@@ -108,7 +126,11 @@ fn ports(index: &Index, workload: &Resource) -> BTreeSet<u16> {
 
 /// `weft diagnostics policy`.
 pub fn diagnostics(command: Diagnostics) -> anyhow::Result<()> {
-    let Diagnostics::Policy { controller, workload, port } = command;
+    let (controller, workload, port) = match command {
+        Diagnostics::Policy { controller, workload, port } => (controller, workload, port),
+        Diagnostics::ProxyMetrics { namespace, pod, admin } => return proxy_metrics(admin, &namespace, &pod),
+        Diagnostics::Endpoints { authority, controller } => return endpoints(&controller, &authority),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let server = runtime.block_on(async {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{controller}"))?
@@ -237,4 +259,74 @@ fn describe(a: &Authz) -> String {
         None => "no one".into(),
     };
     format!("{}: {who} from {}", authz_name(a), nets.join(", "))
+}
+
+fn proxy_metrics(admin: std::net::SocketAddr, namespace: &str, pod: &str) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let unreachable = || {
+            format!("the controller's admin server at {admin} did not answer: is `weft controller` running?")
+        };
+        let (_, body) = crate::http_get(admin, "/api/proxies").await.with_context(unreachable)?;
+        let proxies: serde_json::Value =
+            serde_json::from_str(&body).context("the controller did not answer JSON")?;
+        let Some(proxy) =
+            proxies.as_array().into_iter().flatten().find(|p| p["namespace"] == namespace && p["pod"] == pod)
+        else {
+            anyhow::bail!("the controller sees no meshed pod {namespace}/{pod}");
+        };
+        let addr: std::net::SocketAddr = proxy["admin"].as_str().unwrap_or_default().parse()?;
+        let (status, metrics) = crate::http_get(addr, "/metrics")
+            .await
+            .with_context(|| format!("{namespace}/{pod}'s proxy admin at {addr}"))?;
+        anyhow::ensure!(status == 200, "{addr}/metrics answered {status}");
+        print!("{metrics}");
+        Ok(())
+    })
+}
+
+fn endpoints(controller: &str, authority: &str) -> anyhow::Result<()> {
+    use linkerd2_proxy_api::destination::{GetDestination, destination_client::DestinationClient, update};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{controller}"))?
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .connect()
+            .await
+            .with_context(|| format!("connecting to the controller at {controller}"))?;
+        let req = GetDestination { scheme: "k8s".into(), path: authority.into(), ..Default::default() };
+        let mut stream = DestinationClient::new(channel)
+            .get(req)
+            .await
+            .map_err(|s| anyhow::anyhow!("the controller refused: {}", s.message()))?
+            .into_inner();
+        let first = tokio::time::timeout(std::time::Duration::from_secs(5), stream.message())
+            .await
+            .context("no answer in 5s")??
+            .context("the controller ended the stream")?;
+        println!("{:<24} {:<7} {:<64} LABELS", "ENDPOINT", "WEIGHT", "IDENTITY");
+        match first.update {
+            Some(update::Update::Add(set)) => {
+                for a in set.addrs {
+                    let addr = a
+                        .addr
+                        .and_then(|a| std::net::SocketAddr::try_from(a).ok())
+                        .map(|a| a.to_string())
+                        .unwrap_or_default();
+                    let id = a
+                        .tls_identity
+                        .and_then(|t| t.server_name)
+                        .map(|n| n.name)
+                        .unwrap_or_else(|| "-".into());
+                    let mut labels: Vec<String> =
+                        a.metric_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    labels.sort();
+                    println!("{addr:<24} {:<7} {id:<64} {}", a.weight, labels.join(","));
+                }
+            }
+            Some(update::Update::NoEndpoints(_)) => println!("(no endpoints)"),
+            _ => println!("(no endpoints yet)"),
+        }
+        Ok(())
+    })
 }

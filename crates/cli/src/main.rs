@@ -40,9 +40,14 @@ enum Command {
     Edges(observe::EdgesArgs),
     /// Live requests and responses through the proxies, with identities.
     Tap(observe::TapArgs),
+    /// The busiest paths through the proxies, live.
+    Top(observe::TopArgs),
     /// Run a whole mesh on this machine: the controller, a demo
     /// application of five workloads, and a weft-proxy beside each.
     Demo(demo::DemoArgs),
+    /// Mesh a program beside a running `weft demo`: its own address, a
+    /// weft-proxy with an identity, and (with --port) a service.
+    Run(demo::run::RunArgs),
     /// One role of the demo application (what `weft demo` runs).
     #[command(hide = true)]
     DemoApp(demo::apps::AppArgs),
@@ -59,10 +64,12 @@ fn main() -> ExitCode {
         Command::Identity(command) => identity::run(command),
         Command::Authz(args) => authz::authz(args),
         Command::Demo(args) => demo::run(args),
+        Command::Run(args) => demo::run::run(args),
         Command::Check(args) => observe::check(args),
         Command::Stat(args) => observe::stat(args),
         Command::Edges(args) => observe::edges(args),
         Command::Tap(args) => observe::tap(args),
+        Command::Top(args) => observe::top(args),
         Command::DemoApp(args) => demo::apps::run(args),
         Command::Diagnostics(command) => authz::diagnostics(command),
     };

@@ -370,13 +370,7 @@ fn encode(s: &str) -> String {
 }
 
 pub fn tap(args: TapArgs) -> anyhow::Result<()> {
-    let mut query = format!("namespace={}", encode(&args.namespace));
-    match args.target.split_once('/') {
-        Some(("deploy" | "deployment" | "workload", name)) => query += &format!("&workload={}", encode(name)),
-        Some(("pod" | "po", name)) => query += &format!("&pod={}", encode(name)),
-        None if args.target == "ns" || args.target == "namespace" => {}
-        _ => bail!("{:?}: tap deploy/NAME, pod/NAME, or ns", args.target),
-    }
+    let mut query = tap_query(&args.namespace, &args.target)?;
     for (k, v) in [("method", &args.method), ("path", &args.path), ("authority", &args.authority)] {
         if let Some(v) = v {
             query += &format!("&{k}={}", encode(v));
@@ -386,7 +380,36 @@ pub fn tap(args: TapArgs) -> anyhow::Result<()> {
         query += &format!("&limit={}", args.max);
     }
     let json = args.controller.output == "json";
-    let admin = args.controller.admin;
+    stream_tap(args.controller.admin, &query, |line| {
+        let text = if json {
+            line.to_string()
+        } else if let Ok(event) = serde_json::from_str::<Value>(line) {
+            tap_text(&event)
+        } else {
+            return true;
+        };
+        use std::io::Write;
+        // A reader that went away (`| head`) ends the tap.
+        writeln!(std::io::stdout(), "{text}").is_ok()
+    })
+}
+
+/// The tap query for a target (`deploy/NAME`, `pod/NAME`, `ns`) and filters.
+fn tap_query(namespace: &str, target: &str) -> anyhow::Result<String> {
+    let mut query = format!("namespace={}", encode(namespace));
+    match target.split_once('/') {
+        Some(("deploy" | "deployment" | "workload", name)) => query += &format!("&workload={}", encode(name)),
+        Some(("pod" | "po", name)) => query += &format!("&pod={}", encode(name)),
+        None if target == "ns" || target == "namespace" => {}
+        _ => bail!("{target:?}: tap deploy/NAME, pod/NAME, or ns"),
+    }
+    Ok(query)
+}
+
+/// Streams `/api/tap?query` from the controller, a JSON line at a time,
+/// until `on_line` says stop or the controller ends the stream. Errors the
+/// controller reports (`error: ...` lines) go to stderr.
+fn stream_tap(admin: SocketAddr, query: &str, mut on_line: impl FnMut(&str) -> bool) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         use http_body_util::BodyExt;
@@ -412,19 +435,9 @@ pub fn tap(args: TapArgs) -> anyhow::Result<()> {
             while let Some(end) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
                 let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
-                let text = if let Some(error) = line.strip_prefix("error: ") {
-                    eprintln!("weft tap: {error}");
-                    continue;
-                } else if json {
-                    line
-                } else if let Ok(event) = serde_json::from_str::<Value>(&line) {
-                    tap_text(&event)
-                } else {
-                    continue;
-                };
-                use std::io::Write;
-                if writeln!(std::io::stdout(), "{text}").is_err() {
-                    // The reader went away (`| head`): done.
+                if let Some(error) = line.strip_prefix("error: ") {
+                    eprintln!("weft: {error}");
+                } else if !on_line(&line) {
                     return anyhow::Ok(());
                 }
             }
@@ -457,4 +470,112 @@ fn tap_text(e: &Value) -> String {
             e["latency_ms"].as_f64().map_or(String::new(), |l| format!(" latency={:.0}µs", l * 1000.0));
         format!("rsp {head} :status={}{latency}", e["status"])
     }
+}
+
+#[derive(clap::Args)]
+pub struct TopArgs {
+    /// What to watch: `deploy/NAME`, `pod/NAME`, or `ns`.
+    target: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    /// How often the table is redrawn.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
+    /// Stop after this long (default: until interrupted).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Rows shown (the busiest paths).
+    #[arg(long, default_value_t = 20)]
+    rows: usize,
+    #[command(flatten)]
+    controller: Controller,
+}
+
+/// One path's running figures.
+#[derive(Default)]
+struct PathStats {
+    count: u64,
+    success: u64,
+    best: f64,
+    worst: f64,
+    last: f64,
+}
+
+/// `weft top`: the busiest paths through the selected proxies, from a
+/// tap, redrawn every interval.
+pub fn top(args: TopArgs) -> anyhow::Result<()> {
+    let query = tap_query(&args.namespace, &args.target)?;
+    let started = Instant::now();
+    let mut last_draw = Instant::now();
+    let mut requests: std::collections::HashMap<String, (String, String, String, String)> =
+        Default::default();
+    let mut paths: std::collections::BTreeMap<(String, String, String, String), PathStats> =
+        Default::default();
+    // SAFETY: isatty has no preconditions.
+    let terminal = unsafe { libc::isatty(1) } == 1;
+    let draw = |paths: &std::collections::BTreeMap<(String, String, String, String), PathStats>| {
+        let mut rows: Vec<_> = paths.iter().collect();
+        rows.sort_by_key(|r| std::cmp::Reverse(r.1.count));
+        let mut table = vec![
+            ["SOURCE", "DESTINATION", "METHOD", "PATH", "COUNT", "BEST", "WORST", "LAST", "SUCCESS_RATE"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        ];
+        for ((src, dst, method, path), s) in rows.into_iter().take(args.rows) {
+            let ms = |v: f64| if v < 10.0 { format!("{v:.1}ms") } else { format!("{v:.0}ms") };
+            table.push(vec![
+                src.clone(),
+                dst.clone(),
+                method.clone(),
+                path.clone(),
+                s.count.to_string(),
+                ms(s.best),
+                ms(s.worst),
+                ms(s.last),
+                format!("{:.2}%", 100.0 * s.success as f64 / s.count.max(1) as f64),
+            ]);
+        }
+        if terminal {
+            print!("\x1b[2J\x1b[H");
+        }
+        print_table(&table);
+        println!();
+    };
+    stream_tap(args.controller.admin, &query, |line| {
+        let Ok(e) = serde_json::from_str::<Value>(line) else { return true };
+        let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
+        let key = format!("{}/{}", s("pod"), s("id"));
+        if s("event") == "request" {
+            // Inbound, the source is the client; outbound, the server.
+            let (src, dst) = if s("direction") == "in" {
+                (short_id(e["client_id"].as_str()).unwrap_or_else(|| s("source")), s("pod"))
+            } else {
+                (s("pod"), short_id(e["server_id"].as_str()).unwrap_or_else(|| s("destination")))
+            };
+            requests.insert(key, (src, dst, s("method"), s("path")));
+        } else if let Some(request) = requests.remove(&key) {
+            let latency = e["latency_ms"].as_f64().unwrap_or(0.0);
+            let ok = e["status"].as_u64().is_some_and(|s| s < 500);
+            let stats = paths.entry(request).or_default();
+            stats.best = if stats.count == 0 { latency } else { stats.best.min(latency) };
+            stats.worst = stats.worst.max(latency);
+            stats.last = latency;
+            stats.count += 1;
+            stats.success += u64::from(ok);
+        }
+        if last_draw.elapsed() >= args.interval {
+            draw(&paths);
+            last_draw = Instant::now();
+        }
+        args.duration.is_none_or(|d| started.elapsed() < d)
+    })?;
+    draw(&paths);
+    Ok(())
+}
+
+/// `web.demo.serviceaccount.identity...` as `web.demo`.
+fn short_id(id: Option<&str>) -> Option<String> {
+    let id = id?;
+    Some(id.split_once(".serviceaccount.").map_or(id, |(w, _)| w).to_string())
 }

@@ -202,6 +202,37 @@ fn the_demo_runs_meshed_and_stops_clean() {
     );
     assert!(events.iter().any(|e| e["event"] == "response" && e["status"].as_u64().is_some()), "{events:?}");
 
+    // The busiest paths, live.
+    let top = Command::new(WEFT)
+        .args(["top", "-n", "demo", "deploy/web", "--duration", "3s", "--interval", "1s"])
+        .output()
+        .unwrap();
+    let top = String::from_utf8_lossy(&top.stdout);
+    assert!(top.contains("SOURCE") && top.contains("/vote/") && top.contains("vote-bot.demo"), "{top}");
+
+    // Any program, meshed beside the demo, reaches its services over mTLS.
+    let run = Command::new(WEFT)
+        .args(["run", "--dir"])
+        .arg(&dir)
+        .args([
+            "--workload",
+            "curl-client",
+            "--",
+            "curl",
+            "-sS",
+            "http://web.demo.svc.cluster.local:8080/leaderboard",
+        ])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    // (The leaderboard, which never fails: votes may meet the jammed ballot box.)
+    assert!(
+        String::from_utf8_lossy(&run.stdout).contains(r#""top""#),
+        "{}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+    assert!(!dir.join("store/run-curl-client.yaml").exists(), "weft run left its manifest");
+
     // Ctrl-C: every process ends.
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(demo.child.id() as i32, libc::SIGINT) };

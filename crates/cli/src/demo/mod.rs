@@ -9,6 +9,7 @@
 //! pid file it left.
 
 pub mod apps;
+pub mod run;
 
 use anyhow::{Context, bail};
 use std::{
@@ -54,7 +55,7 @@ const WORKLOADS: &[Workload] = &[
 
 /// The demo's addresses: 127.0.77.0/24, so it stays out of the way of
 /// whatever uses 127.0.0.1.
-fn addr(host: u8) -> Ipv4Addr {
+pub(crate) fn addr(host: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 77, host)
 }
 
@@ -108,6 +109,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let children = Arc::new(Children::default());
     let result = runtime.block_on(async {
+        // Handlers first: a Ctrl-C from here on stops the demo cleanly.
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("a SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("a SIGINT handler")?;
         start_controller(&identity_dir, &store, &tokens).await?;
         let anchors = std::fs::read_to_string(identity_dir.join(ca::ANCHOR_CERT))?;
         for w in WORKLOADS {
@@ -125,7 +130,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             children.push(w.name.to_string(), child, &dir);
         }
         print_up(&dir, &store);
-        wait_for_signal().await;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
         anyhow::Ok(())
     });
     println!("\nweft demo: stopping");
@@ -251,12 +259,12 @@ async fn start_controller(identity_dir: &Path, store: &Path, tokens: &TokenKey) 
     Ok(())
 }
 
-fn log(dir: &Path, name: &str) -> PathBuf {
+pub(crate) fn log(dir: &Path, name: &str) -> PathBuf {
     dir.join("logs").join(format!("{name}.log"))
 }
 
 /// A child that dies with the demo, logging to a file.
-fn spawn(mut cmd: Command, dir: &Path, name: &str) -> anyhow::Result<Child> {
+pub(crate) fn spawn(mut cmd: Command, dir: &Path, name: &str) -> anyhow::Result<Child> {
     let log = std::fs::File::create(log(dir, name))?;
     cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and only
@@ -318,7 +326,10 @@ fn start_app(weft: &Path, dir: &Path, w: &Workload, rps: u32) -> anyhow::Result<
 
 /// Until the proxy has its certificate and answers `/ready`.
 async fn wait_ready(w: &Workload) -> anyhow::Result<()> {
-    let admin = SocketAddr::from((addr(w.host), 4191));
+    wait_ready_at(SocketAddr::from((addr(w.host), 4191))).await
+}
+
+pub(crate) async fn wait_ready_at(admin: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(200) = crate::http_status(admin, "/ready").await {
@@ -368,13 +379,4 @@ fn print_up(dir: &Path, store: &Path) {
     println!("  weft authz --store {} -n demo web-0", store.display());
     println!();
     println!("Ctrl-C stops the demo.");
-}
-
-async fn wait_for_signal() {
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }
