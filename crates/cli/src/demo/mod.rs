@@ -9,6 +9,7 @@
 //! pid file it left.
 
 pub mod apps;
+mod netns;
 pub mod run;
 
 use anyhow::{Context, bail};
@@ -35,6 +36,30 @@ pub struct DemoArgs {
     /// The weft-proxy binary (default: next to this one).
     #[arg(long, env = "WEFT_PROXY_BIN")]
     proxy: Option<PathBuf>,
+    /// As root: each workload in a network namespace of its own with
+    /// proxy-init's iptables rules, as a pod runs (10.77.0.0/24, inside
+    /// the namespaces only).
+    #[arg(long)]
+    netns: bool,
+}
+
+/// The group weft-proxy runs as in `--netns` mode: proxy-init's rules let
+/// its own connections through.
+const PROXY_GID: u32 = 2102;
+
+/// Where a workload is: its pod's address, in either mode.
+fn pod_ip(netns: bool, host: u8) -> Ipv4Addr {
+    if netns { netns::ip_of(host) } else { addr(host) }
+}
+
+/// The controller's gRPC address as the proxies reach it.
+fn controller_grpc(netns: bool) -> SocketAddr {
+    if netns { SocketAddr::from((netns::ip_of(2), 8086)) } else { CONTROLLER_GRPC }
+}
+
+/// A serving workload's cluster IP (`--netns`).
+fn cluster_ip(index: usize) -> Ipv4Addr {
+    netns::ip_of(200 + index as u8)
 }
 
 /// A workload: its name (app label, service account, service), the last
@@ -85,13 +110,29 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     if !proxy.exists() {
         bail!("{} not found: build it (`cargo build -p weft-proxy`) or pass --proxy PATH", proxy.display());
     }
-    clean_previous(&dir)?;
-    for port in [CONTROLLER_GRPC, CONTROLLER_ADMIN] {
-        check_free(port)?;
+    // SAFETY: geteuid has no preconditions.
+    if args.netns && unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "--netns needs root (it makes network namespaces and iptables rules); without it, `weft demo` runs on 127.0.77.0/24"
+        );
     }
-    for w in WORKLOADS {
-        for port in [SERVICE_PORT, APP_PORT, 4140, 4191, 4190] {
-            check_free(SocketAddr::from((addr(w.host), port)))?;
+    clean_previous(&dir)?;
+    if args.netns {
+        netns::clean()?;
+        netns::create_bridge()?;
+        netns::create_pod("control", 2)?;
+        for w in WORKLOADS {
+            netns::create_pod(w.name, w.host)?;
+        }
+        check_free(CONTROLLER_ADMIN)?;
+    } else {
+        for port in [CONTROLLER_GRPC, CONTROLLER_ADMIN] {
+            check_free(port)?;
+        }
+        for w in WORKLOADS {
+            for port in [SERVICE_PORT, APP_PORT, 4140, 4191, 4190] {
+                check_free(SocketAddr::from((addr(w.host), port)))?;
+            }
         }
     }
 
@@ -102,18 +143,25 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let store = dir.join("store");
     std::fs::create_dir_all(&store)?;
     std::fs::create_dir_all(dir.join("logs"))?;
-    std::fs::write(store.join("demo.yaml"), manifests())?;
+    std::fs::write(store.join("demo.yaml"), manifests(args.netns))?;
     let tokens = TokenKey::from_stored(&std::fs::read_to_string(identity_dir.join(ca::TOKEN_KEY))?)
         .map_err(|e| anyhow::anyhow!(e))?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).enable_all();
+    if args.netns {
+        // The controller's threads live in the control pod, so that it
+        // reaches the proxies (scrapes, taps) and they reach it.
+        builder.on_thread_start(|| netns::enter("control").expect("entering the control pod's namespace"));
+    }
+    let runtime = builder.build()?;
     let children = Arc::new(Children::default());
     let result = runtime.block_on(async {
         // Handlers first: a Ctrl-C from here on stops the demo cleanly.
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("a SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("a SIGINT handler")?;
-        start_controller(&identity_dir, &store, &tokens).await?;
+        start_controller(&identity_dir, &store, &tokens, args.netns).await?;
         let anchors = std::fs::read_to_string(identity_dir.join(ca::ANCHOR_CERT))?;
         for w in WORKLOADS {
             let token = dir.join(format!("{}.token", w.name));
@@ -121,15 +169,19 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
                 &token,
                 tokens.issue("demo", w.name, Duration::from_secs(30 * 86_400), SystemTime::now()),
             )?;
-            let child = start_proxy(&proxy, &dir, w, &names, &anchors, &token)?;
+            let child = start_proxy(&proxy, &dir, w, &names, &anchors, &token, args.netns)?;
             children.push(format!("{}-proxy", w.name), child, &dir);
-            wait_ready(w).await.with_context(|| {
+            // Checked from the runtime's threads, which are where the
+            // proxies can be reached in either mode.
+            let admin = SocketAddr::from((pod_ip(args.netns, w.host), 4191));
+            let ready = tokio::spawn(wait_ready_at(admin)).await.map_err(|e| anyhow::anyhow!(e))?;
+            ready.with_context(|| {
                 format!("the {} proxy (log: {})", w.name, log(&dir, &format!("{}-proxy", w.name)).display())
             })?;
-            let child = start_app(&weft, &dir, w, args.rps)?;
+            let child = start_app(&weft, &dir, w, args.rps, args.netns)?;
             children.push(w.name.to_string(), child, &dir);
         }
-        print_up(&dir, &store);
+        print_up(&dir, &store, args.netns);
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
@@ -138,6 +190,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     });
     println!("\nweft demo: stopping");
     children.stop_all();
+    if args.netns {
+        // Their interfaces and iptables rules go with them.
+        netns::clean()?;
+    }
     let _ = std::fs::remove_file(dir.join(PID_FILE));
     runtime.shutdown_timeout(Duration::from_secs(2));
     result?;
@@ -218,25 +274,31 @@ fn check_free(addr: SocketAddr) -> anyhow::Result<()> {
 }
 
 /// The demo's resources, as `kubectl apply` would take them.
-fn manifests() -> String {
+fn manifests(netns: bool) -> String {
     let mut yaml = String::from("apiVersion: v1\nkind: Namespace\nmetadata: { name: demo }\n");
-    for w in WORKLOADS {
+    for (i, w) in WORKLOADS.iter().enumerate() {
         if w.serves {
+            let cluster_ip = if netns { format!("\n  clusterIP: {}", cluster_ip(i)) } else { String::new() };
             yaml += &format!(
-                "---\napiVersion: v1\nkind: Service\nmetadata: {{ name: {name}, namespace: demo }}\nspec:\n  selector: {{ app: {name} }}\n  ports: [{{ name: http, port: {SERVICE_PORT}, targetPort: {SERVICE_PORT} }}]\n",
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{ name: {name}, namespace: demo }}\nspec:{cluster_ip}\n  selector: {{ app: {name} }}\n  ports: [{{ name: http, port: {SERVICE_PORT}, targetPort: {SERVICE_PORT} }}]\n",
                 name = w.name
             );
         }
         yaml += &format!(
             "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}-0\n  namespace: demo\n  labels: {{ app: {name}, linkerd.io/control-plane-ns: weft }}\nspec:\n  serviceAccountName: {name}\n  containers: [{{ name: app, ports: [{{ name: http, containerPort: {SERVICE_PORT} }}] }}]\nstatus: {{ podIP: {ip} }}\n",
             name = w.name,
-            ip = addr(w.host)
+            ip = pod_ip(netns, w.host)
         );
     }
     yaml
 }
 
-async fn start_controller(identity_dir: &Path, store: &Path, tokens: &TokenKey) -> anyhow::Result<()> {
+async fn start_controller(
+    identity_dir: &Path,
+    store: &Path,
+    tokens: &TokenKey,
+    netns: bool,
+) -> anyhow::Result<()> {
     let index = Arc::new(Mutex::new(weft_store::Index::new(weft_store::Config::default())));
     weft_store::DirSource::new(store).watch(index.clone()).context("loading the demo store")?;
     let metrics = weft_controller::Metrics::new();
@@ -248,7 +310,12 @@ async fn start_controller(identity_dir: &Path, store: &Path, tokens: &TokenKey) 
     };
     let ca = Ca::load(config, Box::new(LocalTokens(tokens.clone())), metrics.clone())?;
     tokio::spawn(ca.clone().watch(Duration::from_secs(2)));
-    let grpc = tokio::net::TcpListener::bind(CONTROLLER_GRPC).await.context("the controller's gRPC port")?;
+    // Bound on a runtime thread: in `--netns` mode, in the control pod.
+    let grpc = tokio::spawn(tokio::net::TcpListener::bind(controller_grpc(netns)))
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?
+        .context("the controller's gRPC port")?;
+    // The admin port stays where the command line runs (this thread).
     let admin =
         tokio::net::TcpListener::bind(CONTROLLER_ADMIN).await.context("the controller's admin port")?;
     let observer = weft_controller::observe::Observer::new(index.clone(), Duration::from_secs(2));
@@ -287,37 +354,70 @@ fn start_proxy(
     names: &Names,
     anchors: &str,
     token: &Path,
+    netns: bool,
 ) -> anyhow::Result<Child> {
     let ip = addr(w.host);
-    let mut cmd = Command::new(proxy);
-    cmd.env("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", format!("{ip}:{SERVICE_PORT}"))
-        .env("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", format!("{ip}:4140"))
-        .env("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", format!("{ip}:4191"))
-        .env("LINKERD2_PROXY_CONTROL_LISTEN_ADDR", format!("{ip}:4190"))
-        .env("WEFT_PROXY_INBOUND_FORWARD", format!("{ip}:{APP_PORT}"))
-        // No iptables here: the application sends to its proxy, which
-        // routes by the authority it asks for.
-        .env("LINKERD2_PROXY_INGRESS_MODE", "true")
-        .env("LINKERD2_PROXY_DESTINATION_SVC_ADDR", CONTROLLER_GRPC.to_string())
+    let controller = controller_grpc(netns);
+    let mut cmd = if netns {
+        // As a pod: proxy-init's rules redirect the pod's traffic to the
+        // proxy's default listeners; the proxy's group is let through.
+        let rules =
+            weft_proxy_init::Rules { proxy_uid: None, proxy_gid: Some(PROXY_GID), ..Default::default() };
+        rules
+            .apply(&weft_proxy_init::Iptables { netns: Some(netns::ns_of(w.name)) })
+            .map_err(|e| anyhow::anyhow!("proxy-init for {}: {e}", w.name))?;
+        let mut cmd = netns::command(w.name, proxy);
+        std::os::unix::process::CommandExt::gid(&mut cmd, PROXY_GID);
+        cmd
+    } else {
+        let mut cmd = Command::new(proxy);
+        cmd.env("LINKERD2_PROXY_INBOUND_LISTEN_ADDR", format!("{ip}:{SERVICE_PORT}"))
+            .env("LINKERD2_PROXY_OUTBOUND_LISTEN_ADDR", format!("{ip}:4140"))
+            .env("LINKERD2_PROXY_ADMIN_LISTEN_ADDR", format!("{ip}:4191"))
+            .env("LINKERD2_PROXY_CONTROL_LISTEN_ADDR", format!("{ip}:4190"))
+            .env("WEFT_PROXY_INBOUND_FORWARD", format!("{ip}:{APP_PORT}"))
+            // No iptables here: the application sends to its proxy, which
+            // routes by the authority it asks for.
+            .env("LINKERD2_PROXY_INGRESS_MODE", "true");
+        cmd
+    };
+    cmd.env("LINKERD2_PROXY_DESTINATION_SVC_ADDR", controller.to_string())
         .env("LINKERD2_PROXY_DESTINATION_SVC_NAME", names.destination_service())
         .env("LINKERD2_PROXY_POLICY_WORKLOAD", format!("demo:{}-0", w.name))
         .env("LINKERD2_PROXY_IDENTITY_LOCAL_NAME", names.workload("demo", w.name))
         .env("LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS", anchors)
         .env("LINKERD2_PROXY_IDENTITY_TOKEN_FILE", token)
-        .env("LINKERD2_PROXY_IDENTITY_SVC_ADDR", CONTROLLER_GRPC.to_string())
+        .env("LINKERD2_PROXY_IDENTITY_SVC_ADDR", controller.to_string())
         .env("LINKERD2_PROXY_IDENTITY_SVC_NAME", names.identity_service())
         .env("LINKERD2_PROXY_TAP_SVC_NAME", names.tap_service())
         .env("LINKERD2_PROXY_LOG", "warn,weft=info");
     spawn(cmd, dir, &format!("{}-proxy", w.name))
 }
 
-fn start_app(weft: &Path, dir: &Path, w: &Workload, rps: u32) -> anyhow::Result<Child> {
+fn start_app(weft: &Path, dir: &Path, w: &Workload, rps: u32, netns: bool) -> anyhow::Result<Child> {
     let ip = addr(w.host);
-    let mut cmd = Command::new(weft);
-    cmd.args(["demo-app", w.name, "--via", &format!("{ip}:4140")]);
-    if w.serves {
-        cmd.args(["--listen", &format!("{ip}:{APP_PORT}")]);
-    }
+    let mut cmd = if netns {
+        // As in a pod: services dialled by their cluster IPs, redirected.
+        let mut cmd = netns::command(w.name, weft);
+        let services: Vec<String> = WORKLOADS
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.serves)
+            .map(|(i, w)| format!("{}={}:{SERVICE_PORT}", w.name, cluster_ip(i)))
+            .collect();
+        cmd.args(["demo-app", w.name, "--service", &services.join(",")]);
+        if w.serves {
+            cmd.args(["--listen", &format!("0.0.0.0:{SERVICE_PORT}")]);
+        }
+        cmd
+    } else {
+        let mut cmd = Command::new(weft);
+        cmd.args(["demo-app", w.name, "--via", &format!("{ip}:4140")]);
+        if w.serves {
+            cmd.args(["--listen", &format!("{ip}:{APP_PORT}")]);
+        }
+        cmd
+    };
     if w.name == "vote-bot" {
         cmd.args(["--rps", &rps.to_string()]);
     }
@@ -325,10 +425,6 @@ fn start_app(weft: &Path, dir: &Path, w: &Workload, rps: u32) -> anyhow::Result<
 }
 
 /// Until the proxy has its certificate and answers `/ready`.
-async fn wait_ready(w: &Workload) -> anyhow::Result<()> {
-    wait_ready_at(SocketAddr::from((addr(w.host), 4191))).await
-}
-
 pub(crate) async fn wait_ready_at(admin: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -342,7 +438,7 @@ pub(crate) async fn wait_ready_at(admin: SocketAddr) -> anyhow::Result<()> {
     }
 }
 
-fn print_up(dir: &Path, store: &Path) {
+fn print_up(dir: &Path, store: &Path, netns: bool) {
     println!("weft demo is up: a mesh of {} workloads, mutual TLS between every proxy", WORKLOADS.len());
     println!();
     println!("  {:<12} {:<18} {:<16} SPEAKS", "WORKLOAD", "ADDRESS", "PROXY ADMIN");
@@ -353,23 +449,34 @@ fn print_up(dir: &Path, store: &Path) {
             "leaderboard" => "HTTP/2",
             _ => "HTTP/1 out, to web",
         };
-        let address = if w.serves { format!("{}:{SERVICE_PORT}", addr(w.host)) } else { "-".into() };
-        println!("  {:<12} {:<18} {:<16} {speaks}", w.name, address, format!("{}:4191", addr(w.host)));
+        let ip = pod_ip(netns, w.host);
+        let address = if w.serves { format!("{ip}:{SERVICE_PORT}") } else { "-".into() };
+        println!("  {:<12} {:<18} {:<16} {speaks}", w.name, address, format!("{ip}:4191"));
     }
     println!();
-    println!("  controller   gRPC {CONTROLLER_GRPC}, admin http://{CONTROLLER_ADMIN}/metrics");
+    println!("  controller   gRPC {}, admin http://{CONTROLLER_ADMIN}/metrics", controller_grpc(netns));
     println!("  store        {} (edit the YAML: the mesh follows)", store.display());
     println!("  logs         {}", dir.join("logs").display());
     println!("  dashboard    not yet: for now, the proxies' /metrics");
     println!();
+    if netns {
+        println!("  pods         network namespaces weftdemo-*, with proxy-init's iptables rules");
+        println!();
+    }
     println!("Try:");
+    if netns {
+        println!(
+            "  ip netns exec weftdemo-vote-bot curl -s http://{}:8080/leaderboard   # redirected through the bot's proxy",
+            cluster_ip(0)
+        );
+    } else {
+        println!(
+            "  curl -s -x {}:4140 http://web.demo.svc.cluster.local:8080/vote/rocket   # through the bot's proxy",
+            addr(14)
+        );
+    }
     println!(
-        "  curl -s -x {}:4140 http://web.demo.svc.cluster.local:8080/vote/rocket   # through the bot's proxy",
-        addr(14)
-    );
-    println!(
-        "  curl -s http://{}:4191/metrics | grep ^response_total                    # web's golden metrics",
-        addr(10)
+        "  weft diagnostics proxy-metrics -n demo web-0 | grep ^response_total     # web's golden metrics"
     );
     println!("  weft check                                   # is everything healthy?");
     println!("  weft stat -n demo                            # golden metrics per workload");
