@@ -48,6 +48,9 @@ enum Command {
     /// Mesh a program beside a running `weft demo`: its own address, a
     /// weft-proxy with an identity, and (with --port) a service.
     Run(demo::run::RunArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish or
+    /// powershell), e.g. `weft completions bash > /etc/bash_completion.d/weft`.
+    Completions { shell: clap_complete::Shell },
     /// One role of the demo application (what `weft demo` runs).
     #[command(hide = true)]
     DemoApp(demo::apps::AppArgs),
@@ -64,6 +67,11 @@ fn main() -> ExitCode {
         Command::Identity(command) => identity::run(command),
         Command::Authz(args) => authz::authz(args),
         Command::Demo(args) => demo::run(args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "weft", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Run(args) => demo::run::run(args),
         Command::Check(args) => observe::check(args),
         Command::Stat(args) => observe::stat(args),

@@ -112,3 +112,12 @@ fn the_controller_refuses_an_issuer_that_does_not_match_its_key() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("weft identity init"));
 }
+
+#[test]
+fn shell_completions_are_printed() {
+    let out = weft(&["completions", "bash"]);
+    assert!(out.status.success());
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(script.contains("_weft()") && script.contains("demo") && script.contains("stat"), "{script}");
+    assert_eq!(weft(&["completions", "tcsh"]).status.code(), Some(2), "an unknown shell is refused");
+}
