@@ -49,3 +49,77 @@ static_resources:
         listener("inbound", "0.0.0.0", 4143)
     )
 }
+
+/// Files an Envoy sidecar needs for mutual TLS: its certificate chain and
+/// key, and the trust anchors.
+pub struct TlsFiles {
+    pub chain: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub anchors: std::path::PathBuf,
+}
+
+/// Envoy with mutual TLS between the pair (TLS 1.3, certificates from the
+/// same CA as weft's, each side verifying the other's name): the client
+/// side originates TLS to the server pod, the server side terminates it.
+pub fn mtls_config(tls: &TlsFiles, client: bool, peer_name: &str) -> String {
+    let common = format!(
+        r#"common_tls_context:
+            tls_params: {{ tls_minimum_protocol_version: TLSv1_3 }}
+            tls_certificates: [{{ certificate_chain: {{ filename: "{}" }}, private_key: {{ filename: "{}" }} }}]
+            validation_context:
+              trusted_ca: {{ filename: "{}" }}
+              match_typed_subject_alt_names: [{{ san_type: DNS, matcher: {{ exact: "{peer_name}" }} }}]"#,
+        tls.chain.display(),
+        tls.key.display(),
+        tls.anchors.display()
+    );
+    let base = sidecar_config();
+    if client {
+        // The upstream (to the server's sidecar) is TLS.
+        base.replace(
+            "    typed_extension_protocol_options:",
+            &format!(
+                r#"    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: "{peer_name}"
+        {common}
+    typed_extension_protocol_options:"#,
+                common = common.replace("\n          ", "\n        ")
+            ),
+        )
+    } else {
+        // The inbound listener terminates TLS and requires a client
+        // certificate.
+        base.replacen(
+            "    filter_chains:\n    - filters:",
+            &format!(
+                r#"    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          {common}
+      filters:"#
+            ),
+            // The second listener in the file is the inbound one.
+            2,
+        )
+        .replacen(
+            &format!(
+                r#"    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          {common}
+      filters:"#
+            ),
+            "    filter_chains:\n    - filters:",
+            1,
+        )
+    }
+}

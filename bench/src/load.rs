@@ -168,8 +168,14 @@ impl Sender {
                 send.ready().await?;
                 let req = Request::get("/bytes/1024").header("host", "bench.test:8080").body(Empty::new())?;
                 let rsp = send.send_request(req).await?;
-                anyhow::ensure!(rsp.status().is_success(), "status {}", rsp.status());
-                rsp.into_body().collect().await?;
+                let status = rsp.status();
+                let body = rsp.into_body().collect().await?.to_bytes();
+                // The body says why, when a proxy answered instead.
+                anyhow::ensure!(
+                    status.is_success(),
+                    "status {status}: {}",
+                    String::from_utf8_lossy(&body).trim()
+                );
                 Ok(())
             }
             Sender::Grpc(client) => {
@@ -183,6 +189,10 @@ impl Sender {
 impl Report {
     pub fn quantile(&self, q: f64) -> u64 {
         self.latency_us.value_at_quantile(q)
+    }
+
+    pub fn max(&self) -> u64 {
+        self.latency_us.max()
     }
 
     pub fn throughput(&self) -> f64 {

@@ -13,6 +13,7 @@
 //! Needs root (network namespaces). Run it with `bench/run`.
 
 mod envoy;
+mod haproxy;
 mod load;
 mod mtls;
 
@@ -43,6 +44,19 @@ struct Args {
     /// Concurrent connections (HTTP/1.1) or streams (gRPC).
     #[arg(long, default_value_t = 8)]
     connections: usize,
+    /// HAProxy, to measure beside weft-proxy (default: `haproxy` on PATH).
+    #[arg(long)]
+    haproxy: Option<PathBuf>,
+    /// linkerd2-proxy, driven by weft's controller exactly as weft-proxy is
+    /// (never downloaded or built here).
+    #[arg(long, env = "LINKERD2_PROXY_BIN")]
+    linkerd2_proxy: Option<PathBuf>,
+    /// A short run for development: 1,000 req/s only, 2 s per point.
+    #[arg(long)]
+    quick: bool,
+    /// Where the JSON results go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
 }
 
 /// One path through the network: a client pod and a server pod, with or
@@ -60,8 +74,8 @@ struct Path {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let proxy_bin = match args.proxy {
+    let mut args = Args::parse();
+    let proxy_bin = match args.proxy.take() {
         Some(p) => p,
         None => std::env::current_exe()?.with_file_name("weft-proxy"),
     };
@@ -71,21 +85,57 @@ fn main() -> anyhow::Result<()> {
     let Some(net) = Net::for_test("weft-bench") else {
         bail!("weft-bench needs root: it runs pods as network namespaces");
     };
+    if args.quick {
+        args.seconds = 2;
+        args.rates = vec![1000];
+    }
     let duration = Duration::from_secs(args.seconds);
 
-    let direct = path(&net, "direct", |_| None);
+    let direct = path(&net, "direct", |_, _| None);
     let env = [("LINKERD2_PROXY_LOG", "warn")];
-    let mut meshed = vec![path(&net, "weft", |pod| Some(pod.start_proxy(&proxy_bin, &env)))];
+    let mut meshed = vec![path(&net, "weft", |pod, _| Some(pod.start_proxy(&proxy_bin, &env)))];
     let control = mtls::Control::start(&net);
-    meshed.push(control.path(&net, &proxy_bin, false));
-    meshed.push(control.path(&net, &proxy_bin, true));
+    meshed.push(control.path(&net, &proxy_bin, "weft-mtls", false));
+    if !args.quick {
+        meshed.push(control.path(&net, &proxy_bin, "weft-authz", true));
+    }
+    if let Some(linkerd) = &args.linkerd2_proxy {
+        meshed.push(control.path(&net, linkerd, "linkerd2-proxy-mtls", false));
+    }
     match &args.envoy {
         Some(envoy) => {
             let config = envoy::sidecar_config();
-            meshed.push(path(&net, "envoy", |pod| Some(pod.start_envoy(envoy, &config))));
+            meshed.push(path(&net, "envoy", |pod, _| Some(pod.start_envoy(envoy, &config))));
+            // And with mutual TLS between the pair, from the same CA.
+            let (client, server) =
+                (control.envoy_files("envoy-client")?, control.envoy_files("envoy-server")?);
+            let (client_name, server_name) =
+                (control.identity("envoy-client"), control.identity("envoy-server"));
+            meshed.push(path(&net, "envoy-mtls", |pod, peer| {
+                let config = match peer {
+                    Some(_) => envoy::mtls_config(&client, true, &server_name),
+                    None => envoy::mtls_config(&server, false, &client_name),
+                };
+                Some(pod.start_envoy(envoy, &config))
+            }));
         }
         None => println!("(Envoy not measured: pass --envoy PATH, or let bench/run install it)"),
     }
+    let haproxy = args.haproxy.clone().or_else(|| which("haproxy"));
+    match &haproxy {
+        Some(bin) => {
+            meshed.push(path(&net, "haproxy", |pod, peer| {
+                let config = match peer {
+                    Some(server) => haproxy::client_config(server),
+                    None => haproxy::server_config(),
+                };
+                Some(pod.start_haproxy(bin, &config))
+            }));
+        }
+        None => println!("(HAProxy not measured: install Debian's haproxy, or pass --haproxy PATH)"),
+    }
+    let mut results = Results::default();
+    let mut failed: Vec<&str> = Vec::new();
 
     println!(
         "weft-bench: HTTP/1.1 GET of 1 KiB over {} connections, gRPC unary over one HTTP/2 connection \
@@ -94,8 +144,8 @@ fn main() -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "{:<22} {:>7} {:>9} {:>9} {:>9} {:>11} {:>11} {:>11}",
-        "scenario", "req/s", "p50 ms", "p99 ms", "p999 ms", "+p50 ms", "+p99 ms", "+p999 ms"
+        "{:<22} {:>7} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>11}",
+        "scenario", "req/s", "p50 ms", "p99 ms", "p999 ms", "max ms", "+p50 ms", "+p99 ms", "+p999 ms"
     );
 
     let mut cpu_rows = Vec::new();
@@ -108,17 +158,45 @@ fn main() -> anyhow::Result<()> {
         let load = Load { protocol, rate: Some(rate), duration, connections: args.connections };
         let base = run(&direct, &load)?;
         print_row(&format!("{} direct", protocol.name()), &base, None);
+        if base.throughput() < rate as f64 * 0.95 {
+            println!(
+                "  ! the load generator reached only {:.0} of {rate} req/s direct: this row measures it, not the proxies",
+                base.throughput()
+            );
+        }
+        results.push(protocol.name(), rate, "direct", &base, None, None);
+        let mut weft_added_p99 = None;
         for path in &meshed {
+            if failed.contains(&path.name) {
+                continue;
+            }
             let before = cpu(path);
-            let report = run(path, &load)?;
+            // A contender that cannot carry the load is reported and left
+            // out; the others are still measured.
+            let report = match run(path, &load) {
+                Ok(report) => report,
+                Err(error) => {
+                    println!(
+                        "{:<22} FAILED, left out of the run: {error:#}",
+                        format!("{} {}", protocol.name(), path.name)
+                    );
+                    failed.push(path.name);
+                    continue;
+                }
+            };
             let after = cpu(path);
             let per_10k = |d: Duration| d.as_secs_f64() * 10_000.0 / report.completed.max(1) as f64;
-            cpu_rows.push((
-                format!("{} {} @ {rate}/s", path.name, protocol.name()),
-                per_10k(after.0 - before.0),
-                per_10k(after.1 - before.1),
-            ));
+            let cpu_pair = (per_10k(after.0 - before.0), per_10k(after.1 - before.1));
+            cpu_rows.push((format!("{} {} @ {rate}/s", path.name, protocol.name()), cpu_pair.0, cpu_pair.1));
             print_row(&format!("{} {}", protocol.name(), path.name), &report, Some(&base));
+            let added_p99 = report.quantile(0.99) as f64 - base.quantile(0.99) as f64;
+            if path.name == "weft" {
+                weft_added_p99 = Some(added_p99);
+            }
+            if let Some(weft) = weft_added_p99.filter(|_| path.name != "weft") {
+                println!("{:<22} added p99 is {:.1}x weft's", "", added_p99 / weft.max(1.0));
+            }
+            results.push(protocol.name(), rate, path.name, &report, Some(&base), Some(cpu_pair));
         }
     }
 
@@ -126,8 +204,10 @@ fn main() -> anyhow::Result<()> {
     let load = Load { protocol: Protocol::Http1, rate: None, duration, connections: args.connections };
     let base = run(&direct, &load)?;
     println!("max throughput, HTTP/1.1: direct {:.0} req/s", base.throughput());
-    for path in &meshed {
+    results.throughput.push(("direct".into(), base.throughput()));
+    for path in meshed.iter().filter(|p| !failed.contains(&p.name)) {
         let report = run(path, &load)?;
+        results.throughput.push((path.name.into(), report.throughput()));
         println!(
             "max throughput, HTTP/1.1: through {} {:.0} req/s ({:.0}% of direct)",
             path.name,
@@ -144,6 +224,7 @@ fn main() -> anyhow::Result<()> {
     println!();
     let mtls = meshed.iter().find(|p| p.name == "weft-mtls").expect("the mTLS path");
     let (rate, per_core) = control.handshakes(mtls, duration.min(Duration::from_secs(5)))?;
+    results.handshakes = Some((rate, per_core));
     println!(
         "mesh-TLS handshakes (full, ECDSA P-256, client certificate) with the server sidecar: \
          {rate:.0}/s from 4 clients, {per_core:.0} per second of the sidecar's CPU"
@@ -151,6 +232,11 @@ fn main() -> anyhow::Result<()> {
     println!();
     for path in &meshed {
         let (client, server) = path.proxies.as_ref().expect("a meshed path has sidecars");
+        results.rss_mb.push((
+            path.name.into(),
+            client.peak_rss_kib() as f64 / 1024.0,
+            server.peak_rss_kib() as f64 / 1024.0,
+        ));
         println!(
             "peak RSS, {}: client sidecar {:.1} MB, server sidecar {:.1} MB",
             path.name,
@@ -158,17 +244,76 @@ fn main() -> anyhow::Result<()> {
             server.peak_rss_kib() as f64 / 1024.0
         );
     }
+    std::fs::create_dir_all(&args.out)?;
+    let json = args.out.join("results.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&results.to_json())?)?;
+    println!();
+    println!("results: {}", json.display());
     Ok(())
 }
 
-fn path(net: &Net, name: &'static str, sidecar: impl Fn(&Pod) -> Option<ProxyProcess>) -> Path {
+/// Everything measured, for `results.json` (and the plot made from it).
+#[derive(Default)]
+struct Results {
+    rows: Vec<serde_json::Value>,
+    throughput: Vec<(String, f64)>,
+    rss_mb: Vec<(String, f64, f64)>,
+    handshakes: Option<(f64, f64)>,
+}
+
+impl Results {
+    fn push(
+        &mut self,
+        protocol: &str,
+        rate: u32,
+        contender: &str,
+        r: &Report,
+        base: Option<&Report>,
+        cpu: Option<(f64, f64)>,
+    ) {
+        let ms = |us: u64| us as f64 / 1000.0;
+        let added = |q: f64| base.map(|b| ms(r.quantile(q)) - ms(b.quantile(q)));
+        self.rows.push(serde_json::json!({
+            "protocol": protocol, "rate": rate, "contender": contender,
+            "achieved_rps": r.throughput(), "errors": r.errors,
+            "p50_ms": ms(r.quantile(0.5)), "p99_ms": ms(r.quantile(0.99)), "p999_ms": ms(r.quantile(0.999)), "max_ms": ms(r.max()),
+            "added_p50_ms": added(0.5), "added_p99_ms": added(0.99), "added_p999_ms": added(0.999),
+            "cpu_s_per_10k": cpu.map(|(c, s)| serde_json::json!({"client": c, "server": s})),
+        }));
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "rows": self.rows,
+            "max_throughput_rps": self.throughput.iter().map(|(n, t)| serde_json::json!({"contender": n, "rps": t})).collect::<Vec<_>>(),
+            "peak_rss_mb": self.rss_mb.iter().map(|(n, c, s)| serde_json::json!({"contender": n, "client": c, "server": s})).collect::<Vec<_>>(),
+            "mtls_handshakes": self.handshakes.map(|(rate, per_core)| serde_json::json!({"per_second": rate, "per_cpu_second": per_core})),
+        })
+    }
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| PathBuf::from(d).join(program))
+        .find(|p| p.exists())
+}
+
+/// A client/server pair; `sidecar` starts each side's sidecar, told the
+/// server's address when it is the client's.
+fn path(
+    net: &Net,
+    name: &'static str,
+    sidecar: impl Fn(&Pod, Option<std::net::Ipv4Addr>) -> Option<ProxyProcess>,
+) -> Path {
     let client = net.pod(&format!("{name}-client"));
     let server = net.pod(&format!("{name}-server"));
     let (_, http) = apps::http(server.listen(8080));
     server.spawn(http);
     let (_, grpc) = apps::grpc(server.listen(50051));
     server.spawn(grpc);
-    let proxies = sidecar(&client).zip(sidecar(&server));
+    let proxies = sidecar(&client, Some(server.ip())).zip(sidecar(&server, None));
     Path {
         name,
         proxies,
@@ -201,12 +346,13 @@ fn print_row(name: &str, r: &Report, base: Option<&Report>) {
         None => String::new(),
     };
     println!(
-        "{:<22} {:>7.0} {:>9.3} {:>9.3} {:>9.3} {:>11} {:>11} {:>11}",
+        "{:<22} {:>7.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>11} {:>11} {:>11}",
         name,
         r.throughput(),
         ms(r.quantile(0.5)),
         ms(r.quantile(0.99)),
         ms(r.quantile(0.999)),
+        ms(r.max()),
         added(0.5),
         added(0.99),
         added(0.999)

@@ -46,12 +46,15 @@ impl Control {
     /// policies, the last of which admits the client (the cost of policy
     /// on allowed requests); without, the proxy's default policy (one
     /// authorization that admits everyone) applies.
-    pub fn path(&self, net: &Net, proxy_bin: &FsPath, authz: bool) -> Path {
-        let (name, host, app) = if authz {
-            ("weft-authz", SERVICE_HOST + 1, "authz")
-        } else {
-            ("weft-mtls", SERVICE_HOST, "mtls")
+    pub fn path(&self, net: &Net, proxy_bin: &FsPath, name: &'static str, authz: bool) -> Path {
+        // Each path its own service (and app label), in the same store.
+        let index: u8 = match name {
+            "weft-mtls" => 0,
+            "weft-authz" => 1,
+            _ => 2,
         };
+        let host = SERVICE_HOST + index;
+        let app = ["mtls", "authz", "other"][usize::from(index)];
         let service = net.address(host);
         let proxy = |pod: &Pod, sa: &str| {
             let mut env = self.ca.proxy_env("bench", sa, self.addr);
@@ -67,7 +70,7 @@ impl Control {
             }
             pod.start_proxy(proxy_bin, &env_refs(&env))
         };
-        let mut path = path(net, name, |_| None);
+        let mut path = path(net, name, |_, _| None);
         let mut store = format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{ name: {app}, namespace: bench }}\nspec:\n  clusterIP: {service}\n  selector: {{ app: {app} }}\n  ports: [{{ name: http, port: 80, targetPort: 8080 }}, {{ name: grpc, port: 50051, targetPort: 50051 }}]\n---\n{}",
             meshed_pod(&format!("{app}-server"), "bench", app, "server", &path.server.ip().to_string())
@@ -160,4 +163,46 @@ fn policies(app: &str) -> String {
         }
     }
     yaml
+}
+
+impl Control {
+    /// Certificate files for an Envoy sidecar named `name` in the bench
+    /// namespace, from the same CA as the weft pair's.
+    pub fn envoy_files(&self, name: &str) -> anyhow::Result<crate::envoy::TlsFiles> {
+        let identity = self.ca.identity("bench", name);
+        let key = weft_identity::tls::LocalKey::generate();
+        let leaf = self.ca.issuer().issue(
+            &[identity.as_str()],
+            key.public_key(),
+            Duration::from_secs(24 * 3600),
+            Duration::from_secs(60),
+            SystemTime::now(),
+        )?;
+        let dir = self.ca.dir.join("envoy");
+        std::fs::create_dir_all(&dir)?;
+        let chain: String =
+            std::iter::once(&leaf.cert).chain(&leaf.chain).map(|c| pem("CERTIFICATE", c)).collect();
+        let files = crate::envoy::TlsFiles {
+            chain: dir.join(format!("{name}.crt")),
+            key: dir.join(format!("{name}.key")),
+            anchors: dir.join("anchors.crt"),
+        };
+        std::fs::write(&files.chain, chain)?;
+        std::fs::write(&files.key, key.public_key().serialize_pem())?;
+        std::fs::write(&files.anchors, &self.ca.anchors_pem)?;
+        Ok(files)
+    }
+
+    pub fn identity(&self, name: &str) -> String {
+        self.ca.identity("bench", name)
+    }
+}
+
+/// DER as PEM (the files Envoy reads).
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> =
+        b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64 is ASCII")).collect();
+    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
 }

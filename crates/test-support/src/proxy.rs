@@ -67,6 +67,17 @@ impl Pod {
         self.start_sidecar("envoy", cmd, ([127, 0, 0, 1], 9901).into(), "/ready")
     }
 
+    /// HAProxy as a sidecar, likewise: `config` must listen on the proxy's
+    /// ports and answer `GET /ready` on 127.0.0.1:9902.
+    pub fn start_haproxy(&self, bin: &Path, config: &str) -> ProxyProcess {
+        let path = std::env::temp_dir().join(format!("weft-test-{}-haproxy.cfg", self.netns()));
+        std::fs::write(&path, config).expect("writing HAProxy's configuration");
+        let mut cmd = self.command(bin);
+        // -db: foreground, no daemon; -W is not used (one process).
+        cmd.arg("-db").arg("-f").arg(&path);
+        self.start_sidecar("haproxy", cmd, ([127, 0, 0, 1], 9902).into(), "/ready")
+    }
+
     /// Writes proxy-init's rules into the pod, starts a sidecar proxy as
     /// the proxy group, and waits until `ready_path` on `admin` answers 200.
     fn start_sidecar(
