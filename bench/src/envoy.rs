@@ -64,7 +64,7 @@ pub struct TlsFiles {
 pub fn mtls_config(tls: &TlsFiles, client: bool, peer_name: &str) -> String {
     let common = format!(
         r#"common_tls_context:
-            tls_params: {{ tls_minimum_protocol_version: TLSv1_3 }}
+            tls_params: {{ tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3 }}
             tls_certificates: [{{ certificate_chain: {{ filename: "{}" }}, private_key: {{ filename: "{}" }} }}]
             validation_context:
               trusted_ca: {{ filename: "{}" }}
