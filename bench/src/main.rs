@@ -54,6 +54,9 @@ struct Args {
     /// A short run for development: 1,000 req/s only, 2 s per point.
     #[arg(long)]
     quick: bool,
+    /// Measure only these contenders (e.g. `--only weft` while profiling).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -133,6 +136,9 @@ fn main() -> anyhow::Result<()> {
             }));
         }
         None => println!("(HAProxy not measured: install Debian's haproxy, or pass --haproxy PATH)"),
+    }
+    if !args.only.is_empty() {
+        meshed.retain(|p| args.only.iter().any(|o| o == p.name));
     }
     let mut results = Results::default();
     let mut failed: Vec<&str> = Vec::new();
@@ -222,13 +228,14 @@ fn main() -> anyhow::Result<()> {
         println!("{name:<28} {client:>22.3} {server:>22.3}");
     }
     println!();
-    let mtls = meshed.iter().find(|p| p.name == "weft-mtls").expect("the mTLS path");
-    let (rate, per_core) = control.handshakes(mtls, duration.min(Duration::from_secs(5)))?;
-    results.handshakes = Some((rate, per_core));
-    println!(
-        "mesh-TLS handshakes (full, ECDSA P-256, client certificate) with the server sidecar: \
-         {rate:.0}/s from 4 clients, {per_core:.0} per second of the sidecar's CPU"
-    );
+    if let Some(mtls) = meshed.iter().find(|p| p.name == "weft-mtls") {
+        let (rate, per_core) = control.handshakes(mtls, duration.min(Duration::from_secs(5)))?;
+        results.handshakes = Some((rate, per_core));
+        println!(
+            "mesh-TLS handshakes (full, ECDSA P-256, client certificate) with the server sidecar: \
+             {rate:.0}/s from 4 clients, {per_core:.0} per second of the sidecar's CPU"
+        );
+    }
     println!();
     for path in &meshed {
         let (client, server) = path.proxies.as_ref().expect("a meshed path has sidecars");
