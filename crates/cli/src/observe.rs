@@ -465,6 +465,15 @@ fn tap_text(e: &Value) -> String {
     );
     if s("event") == "request" {
         format!("req {head} :method={} :authority={} :path={}", s("method"), s("authority"), s("path"))
+    } else if s("event") == "end" {
+        let how = match (e["grpc_status"].as_u64(), e["reset"].as_bool()) {
+            (Some(code), _) => format!("grpc-status={code}"),
+            (None, Some(true)) => "reset".to_string(),
+            _ => "ok".to_string(),
+        };
+        let duration =
+            e["latency_ms"].as_f64().map_or(String::new(), |l| format!(" duration={:.0}µs", l * 1000.0));
+        format!("end {head} {how}{duration} response-length={}B", e["bytes"].as_u64().unwrap_or(0))
     } else {
         let latency =
             e["latency_ms"].as_f64().map_or(String::new(), |l| format!(" latency={:.0}µs", l * 1000.0));
@@ -507,8 +516,10 @@ pub fn top(args: TopArgs) -> anyhow::Result<()> {
     let query = tap_query(&args.namespace, &args.target)?;
     let started = Instant::now();
     let mut last_draw = Instant::now();
-    let mut requests: std::collections::HashMap<String, (String, String, String, String)> =
-        Default::default();
+    type Request = (String, String, String, String);
+    let mut requests: std::collections::HashMap<String, Request> = Default::default();
+    // Responses seen, waiting for their end: (failed by status, latency, request).
+    let mut statuses: std::collections::HashMap<String, (bool, f64, Request)> = Default::default();
     let mut paths: std::collections::BTreeMap<(String, String, String, String), PathStats> =
         Default::default();
     // SAFETY: isatty has no preconditions.
@@ -554,9 +565,17 @@ pub fn top(args: TopArgs) -> anyhow::Result<()> {
                 (s("pod"), short_id(e["server_id"].as_str()).unwrap_or_else(|| s("destination")))
             };
             requests.insert(key, (src, dst, s("method"), s("path")));
-        } else if let Some(request) = requests.remove(&key) {
-            let latency = e["latency_ms"].as_f64().unwrap_or(0.0);
-            let ok = e["status"].as_u64().is_some_and(|s| s < 500);
+        } else if s("event") == "response" {
+            // The status; success is judged at the end (gRPC status).
+            if let Some(entry) = requests.get(&key) {
+                let failed = e["status"].as_u64().is_none_or(|s| s >= 500);
+                statuses
+                    .insert(key.clone(), (failed, e["latency_ms"].as_f64().unwrap_or(0.0), entry.clone()));
+            }
+        } else if let (Some(_), Some((failed, latency, request))) =
+            (requests.remove(&key), statuses.remove(&key))
+        {
+            let ok = !failed && e["grpc_status"].as_u64().is_none_or(|c| c == 0) && e["reset"] != true;
             let stats = paths.entry(request).or_default();
             stats.best = if stats.count == 0 { latency } else { stats.best.min(latency) };
             stats.worst = stats.worst.max(latency);

@@ -206,6 +206,14 @@ fn the_demo_runs_meshed_and_stops_clean() {
         "{events:?}"
     );
     assert!(events.iter().any(|e| e["event"] == "response" && e["status"].as_u64().is_some()), "{events:?}");
+    // Each response's end: its length, and for gRPC its status.
+    assert!(events.iter().any(|e| e["event"] == "end" && e["bytes"].as_u64().is_some()), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "end" && e["direction"] == "out" && e["grpc_status"].as_u64().is_some()),
+        "{events:?}"
+    );
 
     // The busiest paths, live.
     let top = Command::new(WEFT)

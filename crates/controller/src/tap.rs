@@ -54,6 +54,10 @@ pub struct TapLine {
     pub path: Option<String>,
     pub status: Option<u32>,
     pub latency_ms: Option<f64>,
+    /// `end` events: the response body's length and how it ended.
+    pub bytes: Option<u64>,
+    pub grpc_status: Option<u32>,
+    pub reset: Option<bool>,
 }
 
 const CONTROL_PORT: u16 = 4190;
@@ -164,7 +168,7 @@ async fn tap_one(
             next = stream.message() => match next {
                 Ok(Some(event)) => {
                     if let Some(line) = line(pod, event) {
-                        if line.event == "response" {
+                        if line.event == "end" {
                             responses += 1;
                         }
                         if tx.send(serde_json::to_string(&line).unwrap_or_default()).await.is_err() {
@@ -202,6 +206,9 @@ fn line(pod: &str, event: TapEvent) -> Option<TapLine> {
         path: None,
         status: None,
         latency_ms: None,
+        bytes: None,
+        grpc_status: None,
+        reset: None,
     };
     let id = |id: Option<ev::StreamId>| id.map(|i| format!("{}:{}", i.base, i.stream)).unwrap_or_default();
     match http.event? {
@@ -220,7 +227,21 @@ fn line(pod: &str, event: TapEvent) -> Option<TapLine> {
                 .and_then(|d| Duration::try_from(d).ok())
                 .map(|d| d.as_secs_f64() * 1000.0);
         }
-        ev::Event::ResponseEnd(_) => return None,
+        ev::Event::ResponseEnd(r) => {
+            use linkerd2_proxy_api::tap::eos::End;
+            line.event = "end";
+            line.id = id(r.id);
+            line.bytes = Some(r.response_bytes);
+            line.latency_ms = r
+                .since_request_init
+                .and_then(|d| Duration::try_from(d).ok())
+                .map(|d| d.as_secs_f64() * 1000.0);
+            match r.eos.and_then(|e| e.end) {
+                Some(End::GrpcStatusCode(code)) => line.grpc_status = Some(code),
+                Some(End::ResetErrorCode(_)) => line.reset = Some(true),
+                None => {}
+            }
+        }
     }
     Some(line)
 }

@@ -158,6 +158,34 @@ impl Tapped {
     }
 }
 
+impl Tapped {
+    /// The response's body ended (or was cut off).
+    pub fn end(&self, bytes: u64, grpc_status: Option<u32>, reset: bool) {
+        use linkerd2_proxy_api::tap::{Eos, eos};
+        let since = self.started.elapsed().try_into().ok();
+        let end = match (grpc_status, reset) {
+            (Some(code), _) => Some(eos::End::GrpcStatusCode(code)),
+            // A reset without an HTTP/2 code: INTERNAL_ERROR.
+            (None, true) => Some(eos::End::ResetErrorCode(2)),
+            (None, false) => None,
+        };
+        for (tap, stream) in &self.taps {
+            let mut event = self.base.clone();
+            event.event = Some(tap_event::Event::Http(tap_event::Http {
+                event: Some(ev::Event::ResponseEnd(ev::ResponseEnd {
+                    id: Some(ev::StreamId { base: tap.base, stream: *stream }),
+                    since_request_init: since,
+                    since_response_init: None,
+                    response_bytes: bytes,
+                    eos: Some(Eos { end }),
+                    trailers: None,
+                })),
+            }));
+            let _ = tap.tx.try_send(Ok(event));
+        }
+    }
+}
+
 fn base_event(info: &RequestInfo<'_>) -> TapEvent {
     let mut tls_labels = HashMap::new();
     match info.tls {

@@ -23,13 +23,21 @@ pub struct Recorder {
     status: u16,
     grpc: bool,
     grpc_status: Option<u32>,
+    /// The taps that took the request, told when the response ends.
+    tapped: Option<crate::tap::Tapped>,
+    bytes: u64,
 }
 
 impl Recorder {
     pub fn new(route: RouteMetrics, status: u16, grpc: bool, headers: &HeaderMap) -> Self {
         // A trailers-only gRPC response carries its status in the headers.
         let grpc_status = if grpc { grpc_status(headers) } else { None };
-        Self { route, status, grpc, grpc_status }
+        Self { route, status, grpc, grpc_status, tapped: None, bytes: 0 }
+    }
+
+    pub fn tapped(mut self, tapped: Option<crate::tap::Tapped>) -> Self {
+        self.tapped = tapped;
+        self
     }
 
     fn finish(self, error: Option<&'static str>) {
@@ -38,6 +46,9 @@ impl Recorder {
             (_, status) => status,
         };
         self.route.response_end(self.status, grpc_status, error);
+        if let Some(tapped) = &self.tapped {
+            tapped.end(self.bytes, grpc_status, error.is_some());
+        }
     }
 }
 
@@ -63,6 +74,9 @@ impl Body for ObservedBody {
         let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
+                if let (Some(data), Some(rec)) = (frame.data_ref(), this.recorder.as_mut()) {
+                    rec.bytes += data.len() as u64;
+                }
                 if let (Some(trailers), Some(rec)) = (frame.trailers_ref(), this.recorder.as_mut()) {
                     if rec.grpc {
                         rec.grpc_status = grpc_status(trailers);

@@ -212,7 +212,7 @@ impl Conn {
         }
         headers::strip_hop_by_hop(rsp.headers_mut(), switched && status == StatusCode::SWITCHING_PROTOCOLS);
 
-        let recorder = Recorder::new(route, status.as_u16(), grpc, rsp.headers());
+        let recorder = Recorder::new(route, status.as_u16(), grpc, rsp.headers()).tapped(tapped);
         rsp.map(|body| Either::Left(ObservedBody::new(body, recorder)))
     }
 
