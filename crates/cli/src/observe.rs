@@ -30,8 +30,9 @@ pub struct CheckArgs {
 
 #[derive(clap::Args)]
 pub struct StatArgs {
-    /// What to group by: deploy (workloads) or pod.
-    #[arg(default_value = "deploy", value_parser = ["deploy", "deployment", "pod", "po"])]
+    /// What to group by: deploy (workloads), pod, or svc (services, by the
+    /// authority their clients asked for).
+    #[arg(default_value = "deploy", value_parser = ["deploy", "deployment", "pod", "po", "svc", "service"])]
     resource: String,
     #[arg(short = 'n', long)]
     namespace: Option<String>,
@@ -222,7 +223,11 @@ pub fn check(args: CheckArgs) -> anyhow::Result<()> {
 }
 
 pub fn stat(args: StatArgs) -> anyhow::Result<()> {
-    let by = if args.resource.starts_with("po") { "pod" } else { "deploy" };
+    let by = match args.resource.as_str() {
+        "pod" | "po" => "pod",
+        "svc" | "service" => "svc",
+        _ => "deploy",
+    };
     let mut path = format!("/api/stat?by={by}&window={}", args.window.as_secs().max(1));
     if let Some(ns) = &args.namespace {
         path += &format!("&namespace={ns}");

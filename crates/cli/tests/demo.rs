@@ -171,6 +171,15 @@ fn the_demo_runs_meshed_and_stops_clean() {
     let rps = web["rps"].as_f64().unwrap();
     assert!((28.0..=52.0).contains(&rps), "the bot sends 40 requests/s; weft stat says {rps}");
     assert!(web["latency_p99_ms"].as_f64().is_some_and(|p| p > 0.0));
+    // By service: the voting service fails about 15% of its calls.
+    let svc = Command::new(WEFT)
+        .args(["stat", "svc", "-n", "demo", "--window", "60s", "-o", "json"])
+        .output()
+        .unwrap();
+    let svc: serde_json::Value = serde_json::from_slice(&svc.stdout).unwrap();
+    let voting = svc.as_array().unwrap().iter().find(|r| r["name"] == "voting").cloned().unwrap_or_default();
+    let rate = voting["success_rate"].as_f64().unwrap_or(0.0);
+    assert!((0.75..0.95).contains(&rate), "voting's success rate by service: {voting}");
     let edges = Command::new(WEFT).args(["edges", "-n", "demo", "-o", "json"]).output().unwrap();
     let edges: serde_json::Value = serde_json::from_slice(&edges.stdout).unwrap();
     let edges = edges.as_array().unwrap();

@@ -37,8 +37,10 @@ pub async fn serve_admin(
                         let window = Duration::from_secs(
                             param(&query, "window").and_then(|w| w.parse().ok()).unwrap_or(30),
                         );
-                        let by_pod = param(&query, "by") == Some("pod");
-                        json(&o.stat(param(&query, "namespace"), by_pod, window))
+                        match param(&query, "by") {
+                            Some("svc") => json(&o.stat_services(param(&query, "namespace"), window)),
+                            by => json(&o.stat(param(&query, "namespace"), by == Some("pod"), window)),
+                        }
                     }
                     ("/api/edges", Some(o)) => json(&o.edges(param(&query, "namespace"))),
                     _ => Response::builder().status(StatusCode::NOT_FOUND).body(full("not found\n")),

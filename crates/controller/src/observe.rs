@@ -297,6 +297,85 @@ impl Observer {
             .collect()
     }
 
+    /// Golden metrics per service: what the proxies served inbound for
+    /// each service's authority (`name.ns.svc.<domain>:port`).
+    pub fn stat_services(&self, namespace: Option<&str>, window: Duration) -> Vec<StatRow> {
+        let proxies = self.proxies.lock().unwrap_or_else(|p| p.into_inner());
+        #[derive(Default)]
+        struct Acc {
+            success: f64,
+            failure: f64,
+            secs: f64,
+            buckets: BTreeMap<u64, f64>,
+            pods: std::collections::BTreeSet<String>,
+            ready: std::collections::BTreeSet<String>,
+        }
+        let mut by_service: BTreeMap<(String, String), Acc> = BTreeMap::new();
+        for ((_, pod), state) in proxies.iter() {
+            let Some((old, new)) = window_ends(&state.samples, window) else { continue };
+            let secs = new.at.duration_since(old.at).as_secs_f64();
+            let service_of = |s: &Series| -> Option<(String, String)> {
+                let authority = s.label("authority")?;
+                let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+                let mut parts = host.split('.');
+                let (svc, ns, kind) = (parts.next()?, parts.next()?, parts.next()?);
+                (kind == "svc").then(|| (ns.to_string(), svc.to_string()))
+            };
+            let inbound = |s: &&Series| s.label("direction") == Some("inbound");
+            // (service, what: classification or "le", bucket bound) -> delta
+            type Key = ((String, String), String, Option<u64>);
+            let mut deltas: BTreeMap<Key, f64> = BTreeMap::new();
+            for (sample, sign) in [(new, 1.0), (old, -1.0)] {
+                for s in sample.series.iter().filter(inbound) {
+                    let Some(key) = service_of(s) else { continue };
+                    let what = match s.name.as_str() {
+                        "response_total" => (s.label("classification").unwrap_or_default().to_string(), None),
+                        "response_latency_ms_bucket" => ("le".to_string(), s.label("le").and_then(parse_le)),
+                        _ => continue,
+                    };
+                    *deltas.entry((key, what.0, what.1)).or_default() += sign * s.value;
+                }
+            }
+            for ((key, what, le), delta) in deltas {
+                if namespace.is_some_and(|n| n != key.0) {
+                    continue;
+                }
+                let acc = by_service.entry(key).or_default();
+                acc.secs = acc.secs.max(secs);
+                acc.pods.insert(pod.clone());
+                if state.ready {
+                    acc.ready.insert(pod.clone());
+                }
+                let delta = delta.max(0.0);
+                match (what.as_str(), le) {
+                    ("success", _) => acc.success += delta,
+                    ("failure", _) => acc.failure += delta,
+                    ("le", Some(le)) => *acc.buckets.entry(le).or_default() += delta,
+                    _ => {}
+                }
+            }
+        }
+        by_service
+            .into_iter()
+            .map(|((namespace, name), acc)| {
+                let total = acc.success + acc.failure;
+                StatRow {
+                    namespace,
+                    name,
+                    meshed: format!("{}/{}", acc.ready.len(), acc.pods.len()),
+                    success_rate: (total > 0.0).then(|| acc.success / total),
+                    rps: if acc.secs > 0.0 { total / acc.secs } else { 0.0 },
+                    latency_p50_ms: quantile(&acc.buckets, 0.5),
+                    latency_p95_ms: quantile(&acc.buckets, 0.95),
+                    latency_p99_ms: quantile(&acc.buckets, 0.99),
+                    tcp_connections: 0.0,
+                    requests: total,
+                    window_secs: acc.secs,
+                }
+            })
+            .collect()
+    }
+
     /// Who talks to whom, from each proxy's outbound series (the latest
     /// scrape): over mesh TLS or not, with both identities.
     pub fn edges(&self, namespace: Option<&str>) -> Vec<Edge> {
