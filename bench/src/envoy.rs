@@ -56,6 +56,8 @@ pub struct TlsFiles {
     pub chain: std::path::PathBuf,
     pub key: std::path::PathBuf,
     pub anchors: std::path::PathBuf,
+    /// Chain and key in one file (HAProxy's `crt`).
+    pub combined: std::path::PathBuf,
 }
 
 /// Envoy with mutual TLS between the pair (TLS 1.3, certificates from the

@@ -110,8 +110,7 @@ fn main() -> anyhow::Result<()> {
             let config = envoy::sidecar_config();
             meshed.push(path(&net, "envoy", |pod, _| Some(pod.start_envoy(envoy, &config))));
             // And with mutual TLS between the pair, from the same CA.
-            let (client, server) =
-                (control.envoy_files("envoy-client")?, control.envoy_files("envoy-server")?);
+            let (client, server) = (control.tls_files("envoy-client")?, control.tls_files("envoy-server")?);
             let (client_name, server_name) =
                 (control.identity("envoy-client"), control.identity("envoy-server"));
             meshed.push(path(&net, "envoy-mtls", |pod, peer| {
@@ -129,8 +128,20 @@ fn main() -> anyhow::Result<()> {
         Some(bin) => {
             meshed.push(path(&net, "haproxy", |pod, peer| {
                 let config = match peer {
-                    Some(server) => haproxy::client_config(server),
-                    None => haproxy::server_config(),
+                    Some(server) => haproxy::client_config(server, None),
+                    None => haproxy::server_config(None),
+                };
+                Some(pod.start_haproxy(bin, &config))
+            }));
+            // And with mutual TLS between the pair, from the same CA.
+            let (client, server) =
+                (control.tls_files("haproxy-client")?, control.tls_files("haproxy-server")?);
+            let (client_name, server_name) =
+                (control.identity("haproxy-client"), control.identity("haproxy-server"));
+            meshed.push(path(&net, "haproxy-mtls", |pod, peer| {
+                let config = match peer {
+                    Some(ip) => haproxy::client_config(ip, Some((&client, &server_name))),
+                    None => haproxy::server_config(Some((&server, &client_name))),
                 };
                 Some(pod.start_haproxy(bin, &config))
             }));

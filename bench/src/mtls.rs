@@ -166,9 +166,9 @@ fn policies(app: &str) -> String {
 }
 
 impl Control {
-    /// Certificate files for an Envoy sidecar named `name` in the bench
-    /// namespace, from the same CA as the weft pair's.
-    pub fn envoy_files(&self, name: &str) -> anyhow::Result<crate::envoy::TlsFiles> {
+    /// Certificate files for a sidecar (Envoy, HAProxy) named `name` in the
+    /// bench namespace, from the same CA as the weft pair's.
+    pub fn tls_files(&self, name: &str) -> anyhow::Result<crate::envoy::TlsFiles> {
         let identity = self.ca.identity("bench", name);
         let key = weft_identity::tls::LocalKey::generate();
         let leaf = self.ca.issuer().issue(
@@ -186,9 +186,12 @@ impl Control {
             chain: dir.join(format!("{name}.crt")),
             key: dir.join(format!("{name}.key")),
             anchors: dir.join("anchors.crt"),
+            combined: dir.join(format!("{name}.pem")),
         };
+        let key_pem = key.public_key().serialize_pem();
+        std::fs::write(&files.combined, format!("{chain}{key_pem}"))?;
         std::fs::write(&files.chain, chain)?;
-        std::fs::write(&files.key, key.public_key().serialize_pem())?;
+        std::fs::write(&files.key, key_pem)?;
         std::fs::write(&files.anchors, &self.ca.anchors_pem)?;
         Ok(files)
     }
