@@ -210,8 +210,14 @@ fn main() -> anyhow::Result<()> {
             if path.name == "weft" {
                 weft_added_p99 = Some(added_p99);
             }
-            if let Some(weft) = weft_added_p99.filter(|_| path.name != "weft") {
-                println!("{:<22} added p99 is {:.1}x weft's", "", added_p99 / weft.max(1.0));
+            // A ratio only means something when both added a measurable
+            // amount (50 µs) over direct.
+            match weft_added_p99.filter(|_| path.name != "weft") {
+                Some(weft) if weft > 50.0 && added_p99 > 50.0 => {
+                    println!("{:<22} added p99 is {:.1}x weft's", "", added_p99 / weft)
+                }
+                Some(_) => println!("{:<22} added p99 too close to direct's to compare", ""),
+                None => {}
             }
             results.push(protocol.name(), rate, path.name, &report, Some(&base), Some(cpu_pair));
         }
