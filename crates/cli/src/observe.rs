@@ -83,95 +83,30 @@ struct Check {
     hint: Option<String>,
 }
 
+/// That the controller answers, then what it checks itself (`/api/check`:
+/// the store, identity and the proxies; the dashboard's Health page shows
+/// the same).
 fn checks(admin: SocketAddr) -> Vec<Check> {
-    let mut out = Vec::new();
-    let pass = |name: String| Check { name, ok: true, warn: false, hint: None };
-    let fail = |name: String, hint: String| Check { name, ok: false, warn: false, hint: Some(hint) };
-    let metrics = match fetch(admin, "/metrics") {
-        Ok(m) => {
-            out.push(pass(format!("the controller answers at {admin}")));
-            m
+    let reached = format!("the controller answers at {admin}");
+    let list = match api(admin, "/api/check") {
+        Ok(Value::Array(list)) => list,
+        Ok(other) => {
+            return vec![Check {
+                name: reached,
+                ok: false,
+                warn: false,
+                hint: Some(format!("/api/check: {other}")),
+            }];
         }
-        Err(e) => {
-            out.push(fail(format!("the controller answers at {admin}"), format!("{e:#}")));
-            return out;
-        }
+        Err(e) => return vec![Check { name: reached, ok: false, warn: false, hint: Some(format!("{e:#}")) }],
     };
-    let gauge = |name: &str| {
-        metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
-    };
-    match gauge("weft_controller_index_rejected") {
-        Some(n) if n > 0.0 => out.push(fail(
-            "the store has no rejected resources".into(),
-            format!("{n} resources (or files) were refused: the controller's log says which and why"),
-        )),
-        _ => out.push(pass("the store has no rejected resources".into())),
-    }
-    let now = weft_controller::observe::now_unix() as f64;
-    match gauge("weft_controller_identity_issuer_expiration_timestamp_seconds") {
-        Some(t) if t > 0.0 => {
-            let days = (t - now) / 86_400.0;
-            if days < 30.0 {
-                out.push(fail(
-                    "the identity issuer is not near expiry".into(),
-                    format!(
-                        "it expires in {days:.1} days: `weft identity rotate-issuer DIR` makes a new one"
-                    ),
-                ));
-            } else {
-                out.push(pass(format!("the identity issuer is valid for {days:.0} more days")));
-            }
-        }
-        _ => out.push(Check {
-            name: "identity is on".into(),
-            ok: false,
-            warn: true,
-            hint: Some(
-                "the controller has no CA: start it with --identity-dir (see `weft identity init`)".into(),
-            ),
-        }),
-    }
-    let proxies = match api(admin, "/api/proxies") {
-        Ok(Value::Array(p)) => p,
-        Ok(_) | Err(_) => {
-            out.push(fail("the controller sees the proxies".into(), "it does not serve /api/proxies".into()));
-            return out;
-        }
-    };
-    if proxies.is_empty() {
-        out.push(fail(
-            "the controller sees meshed proxies".into(),
-            "no meshed pod yet (label linkerd.io/control-plane-ns, with a podIP), or the first scrape is still coming"
-                .into(),
-        ));
-        return out;
-    }
-    out.push(pass(format!("the controller sees {} proxies", proxies.len())));
-    let name =
-        |p: &Value| format!("{}/{}", p["namespace"].as_str().unwrap_or(""), p["pod"].as_str().unwrap_or(""));
-    let not_ready: Vec<String> = proxies
-        .iter()
-        .filter(|p| p["ready"] != Value::Bool(true))
-        .map(|p| format!("{} ({})", name(p), p["error"].as_str().unwrap_or("not ready")))
-        .collect();
-    if not_ready.is_empty() {
-        out.push(pass("every proxy is ready".into()));
-    } else {
-        out.push(fail("every proxy is ready".into(), format!("not ready: {}", not_ready.join(", "))));
-    }
-    let stale: Vec<String> = proxies
-        .iter()
-        .filter(|p| p["certificate_expires"].as_f64().is_none_or(|t| t <= now))
-        .map(name)
-        .collect();
-    if stale.is_empty() {
-        out.push(pass("every proxy has a current certificate".into()));
-    } else {
-        out.push(fail(
-            "every proxy has a current certificate".into(),
-            format!("no current certificate: {} (their logs say why certification fails)", stale.join(", ")),
-        ));
-    }
+    let mut out = vec![Check { name: reached, ok: true, warn: false, hint: None }];
+    out.extend(list.iter().map(|c| Check {
+        name: c["check"].as_str().unwrap_or_default().to_string(),
+        ok: c["ok"] == true,
+        warn: c["warning"] == true,
+        hint: c["hint"].as_str().map(str::to_string),
+    }));
     out
 }
 

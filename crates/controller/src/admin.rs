@@ -1,8 +1,12 @@
-//! The controller's admin server: `/metrics`, `/ready`, and what the
-//! observability commands ask (`/api/proxies`, `/api/stat`, `/api/edges`,
-//! as JSON).
+//! The controller's admin server: `/metrics`, `/ready`, the dashboard
+//! (`/`), and the JSON API that the dashboard and the observability
+//! commands use (docs/dashboard.md lists it).
 
-use crate::{Metrics, observe::Observer};
+use crate::{
+    Metrics, dashboard,
+    observe::{Observer, now_unix},
+    policy_view,
+};
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
@@ -22,29 +26,7 @@ pub async fn serve_admin(
         let (index, metrics, observer) = (index.clone(), metrics.clone(), observer.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let query = req.uri().query().unwrap_or_default().to_string();
-                let rsp: Result<Response<Body>, http::Error> = match (req.uri().path(), &observer) {
-                    ("/api/tap", Some(o)) => tap(o, &query),
-                    ("/metrics", _) => Response::builder()
-                        .header(
-                            header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )
-                        .body(full(metrics.encode(&index))),
-                    ("/ready" | "/live", _) => Response::builder().body(full("ok\n")),
-                    ("/api/proxies", Some(o)) => json(&o.proxies()),
-                    ("/api/stat", Some(o)) => {
-                        let window = Duration::from_secs(
-                            param(&query, "window").and_then(|w| w.parse().ok()).unwrap_or(30),
-                        );
-                        match param(&query, "by") {
-                            Some("svc") => json(&o.stat_services(param(&query, "namespace"), window)),
-                            by => json(&o.stat(param(&query, "namespace"), by == Some("pod"), window)),
-                        }
-                    }
-                    ("/api/edges", Some(o)) => json(&o.edges(param(&query, "namespace"))),
-                    _ => Response::builder().status(StatusCode::NOT_FOUND).body(full("not found\n")),
-                };
+                let rsp = handle(&req, &index, &metrics, observer.as_deref());
                 std::future::ready(Ok::<_, Infallible>(rsp.expect("a valid response")))
             });
             let _ =
@@ -53,9 +35,67 @@ pub async fn serve_admin(
     }
 }
 
-type Body = BoxBody<Bytes, Infallible>;
+fn handle<B>(
+    req: &http::Request<B>,
+    index: &SharedIndex,
+    metrics: &Metrics,
+    observer: Option<&Observer>,
+) -> Result<Response<Body>, http::Error> {
+    let path = req.uri().path();
+    let query = req.uri().query().unwrap_or_default();
+    if !matches!(path, "/metrics" | "/ready" | "/live") {
+        // The dashboard and its API: nothing here changes the mesh, and
+        // nothing answers another site's page (DNS rebinding) or writes.
+        if let Some(refusal) = dashboard::refusal(req) {
+            return refusal;
+        }
+        if let Some(asset) = dashboard::asset(path) {
+            return asset;
+        }
+    }
+    let window = || Duration::from_secs(param(query, "window").and_then(|w| w.parse().ok()).unwrap_or(30));
+    let named = |name| param(query, name).map(decode);
+    match (path, observer) {
+        ("/api/tap", Some(o)) => tap(o, query),
+        ("/metrics", _) => Response::builder()
+            .header(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .body(full(metrics.encode(index))),
+        ("/ready" | "/live", _) => Response::builder().body(full("ok\n")),
+        ("/api/proxies", Some(o)) => json(&o.proxies()),
+        ("/api/check", Some(o)) => {
+            json(&crate::observe::check::checks(&metrics.encode(index), &o.proxies(), now_unix()))
+        }
+        ("/api/stat", Some(o)) => match param(query, "by") {
+            Some("svc") => json(&o.stat_services(param(query, "namespace"), window())),
+            by => json(&o.stat(param(query, "namespace"), by == Some("pod"), window())),
+        },
+        ("/api/edges", Some(o)) => json(&o.edges(param(query, "namespace"))),
+        ("/api/topology", Some(o)) => json(&o.topology(param(query, "namespace"), window())),
+        ("/api/routes", Some(o)) => {
+            json(&o.routes(named("namespace").as_deref(), named("workload").as_deref(), window()))
+        }
+        ("/api/series" | "/api/policy" | "/api/denials", Some(o)) => {
+            let (Some(ns), Some(workload)) = (named("namespace"), named("workload")) else {
+                return Response::builder()
+                    .status(StatusCode::BAD_REQUEST)
+                    .body(full("namespace and workload are required\n"));
+            };
+            match path {
+                "/api/series" => json(&o.series(&ns, &workload, window())),
+                "/api/denials" => json(&o.denials(&ns, &workload, window())),
+                _ => {
+                    let index = crate::lock(o.index());
+                    json(&policy_view::workload_policies(&index, &o.inbound_config(), &ns, &workload))
+                }
+            }
+        }
+        _ => Response::builder().status(StatusCode::NOT_FOUND).body(full("not found\n")),
+    }
+}
 
-fn full(body: impl Into<Bytes>) -> Body {
+pub(crate) type Body = BoxBody<Bytes, Infallible>;
+
+pub(crate) fn full(body: impl Into<Bytes>) -> Body {
     Full::new(body.into()).boxed()
 }
 

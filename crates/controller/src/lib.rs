@@ -3,12 +3,14 @@
 //! admin server with the controller's own metrics.
 
 mod admin;
+mod dashboard;
 mod destination;
 pub mod identity;
 pub mod inbound;
 mod metrics;
 pub mod observe;
 pub mod outbound;
+pub mod policy_view;
 mod profile;
 mod routes;
 pub mod tap;

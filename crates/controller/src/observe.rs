@@ -1,7 +1,18 @@
 //! What the controller sees of the mesh's proxies: it scrapes each meshed
 //! pod's proxy admin (`/ready`, `/metrics`) every few seconds and keeps a
-//! short history, from which `weft stat`, `weft edges` and `weft check`
-//! are answered (`/api/...` on the admin port).
+//! short history, from which `weft stat`, `weft edges`, `weft routes`,
+//! `weft check` and the dashboard are answered (`/api/...` on the admin
+//! port).
+
+pub mod check;
+mod golden;
+mod prometheus;
+mod routes;
+mod series;
+
+pub use check::CheckResult;
+pub use routes::RouteRow;
+pub use series::{Denial, Point, Topology, TopologyEdge};
 
 use serde::Serialize;
 use std::{
@@ -22,6 +33,19 @@ pub struct Observer {
     proxies: Mutex<BTreeMap<(String, String), ProxyState>>,
     /// Set when the controller has a CA: taps need its identity.
     ca: Mutex<Option<Arc<crate::identity::Ca>>>,
+    /// Set to read the proxies' series from Prometheus instead.
+    prometheus: Mutex<Option<String>>,
+    /// The inbound defaults, for the policies the dashboard shows.
+    inbound: Mutex<crate::inbound::InboundConfig>,
+}
+
+/// One proxy's scrape: readiness and the kept series, or why not.
+struct Scraped {
+    key: (String, String),
+    workload: String,
+    admin: SocketAddr,
+    ready: bool,
+    series: Result<Vec<Series>, String>,
 }
 
 /// One proxy as last seen.
@@ -36,6 +60,8 @@ struct ProxyState {
 /// The series of one scrape that the answers use.
 struct Sample {
     at: Instant,
+    /// Unix seconds, for charts.
+    unix: f64,
     series: Vec<Series>,
 }
 
@@ -60,7 +86,17 @@ const KEPT: &[&str] = &[
     "tcp_open_connections",
     "tcp_open_total",
     "identity_cert_expiration_timestamp_seconds",
+    "inbound_http_authz_deny_total",
+    "inbound_tcp_authz_deny_total",
 ];
+
+/// Kept too: Linkerd's per-route series (`outbound_http_route_*`,
+/// `outbound_grpc_route_*`).
+const KEPT_PREFIXES: &[&str] = &["outbound_http_route_", "outbound_grpc_route_"];
+
+fn kept(name: &str) -> bool {
+    KEPT.contains(&name) || KEPT_PREFIXES.iter().any(|p| name.starts_with(p))
+}
 
 #[derive(Serialize)]
 pub struct ProxyInfo {
@@ -105,7 +141,34 @@ pub struct Edge {
 
 impl Observer {
     pub fn new(index: SharedIndex, every: Duration) -> Arc<Self> {
-        Arc::new(Self { index, every, proxies: Mutex::new(BTreeMap::new()), ca: Mutex::new(None) })
+        Arc::new(Self {
+            index,
+            every,
+            proxies: Mutex::new(BTreeMap::new()),
+            ca: Mutex::new(None),
+            prometheus: Mutex::new(None),
+            inbound: Mutex::new(Default::default()),
+        })
+    }
+
+    /// Reads the proxies' series from the Prometheus at `url`
+    /// (`http://host:port`) instead of scraping them.
+    pub fn use_prometheus(&self, url: String) {
+        *self.prometheus.lock().unwrap_or_else(|p| p.into_inner()) = Some(url);
+    }
+
+    /// The inbound defaults the controller serves with, so that the
+    /// dashboard shows the policies the proxies get.
+    pub fn set_inbound_config(&self, config: crate::inbound::InboundConfig) {
+        *self.inbound.lock().unwrap_or_else(|p| p.into_inner()) = config;
+    }
+
+    pub(crate) fn inbound_config(&self) -> crate::inbound::InboundConfig {
+        self.inbound.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn index(&self) -> &SharedIndex {
+        &self.index
     }
 
     /// Lets `/api/tap` tap proxies as the controller's identity.
@@ -119,23 +182,36 @@ impl Observer {
         Some(crate::tap::start(&self.index, ca, query))
     }
 
-    /// Scrapes every meshed pod's proxy, for as long as the task runs.
+    /// Scrapes every meshed pod's proxy (or, with [`Observer::use_prometheus`],
+    /// asks Prometheus for their series), for as long as the task runs.
     pub async fn run(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.every);
         loop {
             tick.tick().await;
             let targets = self.targets();
-            let scrapes = targets.into_iter().map(|(key, workload, admin)| async move {
-                let ready = matches!(get(admin, "/ready").await, Ok((200, _)));
-                let metrics = get(admin, "/metrics").await;
-                (key, workload, admin, ready, metrics)
-            });
-            let results = futures_util::future::join_all(scrapes).await;
+            let prometheus = self.prometheus.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let results: Vec<Scraped> = match prometheus {
+                Some(url) => prometheus::scrape(&url, targets).await,
+                None => {
+                    let scrapes = targets.into_iter().map(|(key, workload, admin)| async move {
+                        let ready = matches!(get(admin, "/ready").await, Ok((200, _)));
+                        let series = match get(admin, "/metrics").await {
+                            Ok((200, text)) => Ok(parse(&text)),
+                            Ok((status, _)) => Err(format!("/metrics answered {status}")),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        Scraped { key, workload, admin, ready, series }
+                    });
+                    futures_util::future::join_all(scrapes).await
+                }
+            };
             let now = Instant::now();
+            let unix =
+                SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
             let mut proxies = self.proxies.lock().unwrap_or_else(|p| p.into_inner());
-            let seen: Vec<_> = results.iter().map(|r| r.0.clone()).collect();
+            let seen: Vec<_> = results.iter().map(|r| r.key.clone()).collect();
             proxies.retain(|k, _| seen.contains(k));
-            for (key, workload, admin, ready, metrics) in results {
+            for Scraped { key, workload, admin, ready, series } in results {
                 let state = proxies.entry(key).or_insert_with(|| ProxyState {
                     workload: workload.clone(),
                     admin,
@@ -146,16 +222,15 @@ impl Observer {
                 state.workload = workload;
                 state.admin = admin;
                 state.ready = ready;
-                match metrics {
-                    Ok((200, text)) => {
+                match series {
+                    Ok(series) => {
                         state.error = None;
-                        state.samples.push_back(Sample { at: now, series: parse(&text) });
+                        state.samples.push_back(Sample { at: now, unix, series });
                         while state.samples.front().is_some_and(|s| now.duration_since(s.at) > HISTORY) {
                             state.samples.pop_front();
                         }
                     }
-                    Ok((status, _)) => state.error = Some(format!("/metrics answered {status}")),
-                    Err(e) => state.error = Some(e.to_string()),
+                    Err(e) => state.error = Some(e),
                 }
             }
         }
@@ -497,7 +572,7 @@ pub fn parse(text: &str) -> Vec<Series> {
                 Some((name, rest)) => (name, parse_labels(rest.strip_suffix('}')?)?),
                 None => (head, Vec::new()),
             };
-            KEPT.contains(&name).then(|| Series { name: name.to_string(), labels, value })
+            kept(name).then(|| Series { name: name.to_string(), labels, value })
         })
         .collect()
 }
