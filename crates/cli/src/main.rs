@@ -2,6 +2,7 @@
 
 mod authz;
 mod controller;
+mod dashboard;
 mod demo;
 mod identity;
 mod observe;
@@ -38,6 +39,8 @@ enum Command {
     Stat(observe::StatArgs),
     /// Who talks to whom, and whether over mutual TLS.
     Edges(observe::EdgesArgs),
+    /// Open the dashboard the controller serves: the mesh at a glance, live.
+    Dashboard(dashboard::DashboardArgs),
     /// Live requests and responses through the proxies, with identities.
     Tap(observe::TapArgs),
     /// The busiest paths through the proxies, live.
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Command::Stat(args) => observe::stat(args),
         Command::Edges(args) => observe::edges(args),
         Command::Tap(args) => observe::tap(args),
+        Command::Dashboard(args) => dashboard::run(args),
         Command::Top(args) => observe::top(args),
         Command::DemoApp(args) => demo::apps::run(args),
         Command::Diagnostics(command) => authz::diagnostics(command),

@@ -382,7 +382,7 @@ function tapPage() {
     ["Bytes", (r) => r.bytes ?? "-"],
   ];
   const rows = t.order.map((k) => t.rows.get(k));
-  return [section("Tap: live requests through the proxies (read-only, as `weft tap`)", form,
+  return [section("Tap: live requests through the proxies (read-only, as weft tap shows them)", form,
     table(cols, rows, { rowAttrs: () => ({ class: "tap-row" }), empty: t.running ? "Waiting for requests…" : "Start a tap to see requests." }))];
 }
 
@@ -496,7 +496,7 @@ async function health() {
     ["Error", (p) => p.error ?? ""],
   ];
   return [
-    section("Health: what `weft check` says", list,
+    section("Health: what weft check says", list,
       h("p", { id: "check-result", class: ok ? "sr-good" : "sr-bad" }, `Status check results are ${ok ? "√" : "×"}`)),
     section("Proxies", table(cols, proxies, { empty: "No meshed proxies." })),
   ];
@@ -533,6 +533,9 @@ async function render() {
     // Keep the charts' element (and its plots) across refreshes.
     main.replaceChildren(...content);
     main.dataset.loaded = page;
+    // From navigation to the first page drawn with data (the browser test
+    // holds it under a second).
+    document.body.dataset.firstRenderMs ??= String(Math.round(performance.now()));
   } catch (e) {
     main.replaceChildren(errorBox(e));
   }
