@@ -7,6 +7,7 @@ mod demo;
 mod identity;
 mod observe;
 mod proxy_init;
+mod routes;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -37,6 +38,9 @@ enum Command {
     /// Golden metrics per workload or pod: success rate, requests per
     /// second, latency percentiles, TCP connections.
     Stat(observe::StatArgs),
+    /// Per-route golden metrics from the clients' proxies: effective and
+    /// actual success, retries, latency.
+    Routes(routes::RoutesArgs),
     /// Who talks to whom, and whether over mutual TLS.
     Edges(observe::EdgesArgs),
     /// Open the dashboard the controller serves: the mesh at a glance, live.
@@ -79,6 +83,7 @@ fn main() -> ExitCode {
         Command::Check(args) => observe::check(args),
         Command::Stat(args) => observe::stat(args),
         Command::Edges(args) => observe::edges(args),
+        Command::Routes(args) => routes::routes(args),
         Command::Tap(args) => observe::tap(args),
         Command::Dashboard(args) => dashboard::run(args),
         Command::Top(args) => observe::top(args),

@@ -13,10 +13,10 @@ use weft_proxy::config::parse_duration;
 pub struct Controller {
     /// The controller's admin address.
     #[arg(long, env = "WEFT_CONTROLLER_ADMIN", default_value = "127.0.0.1:9990")]
-    admin: SocketAddr,
+    pub(crate) admin: SocketAddr,
     /// Output: table (default), wide, or json.
     #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "wide", "json"])]
-    output: String,
+    pub(crate) output: String,
 }
 
 #[derive(clap::Args)]
@@ -65,7 +65,7 @@ fn fetch(admin: SocketAddr, path: &str) -> anyhow::Result<String> {
     Ok(body)
 }
 
-fn api(admin: SocketAddr, path: &str) -> anyhow::Result<Value> {
+pub(crate) fn api(admin: SocketAddr, path: &str) -> anyhow::Result<Value> {
     serde_json::from_str(&fetch(admin, path)?).with_context(|| format!("{admin}{path} did not answer JSON"))
 }
 
@@ -246,7 +246,7 @@ pub fn edges(args: EdgesArgs) -> anyhow::Result<()> {
 
 /// Aligned columns, two spaces apart (widths by characters, so that
 /// colour codes and symbols do not skew them).
-fn print_table(rows: &[Vec<String>]) {
+pub(crate) fn print_table(rows: &[Vec<String>]) {
     let visible = |s: &str| {
         let mut n = 0;
         let mut in_escape = false;
@@ -298,7 +298,7 @@ pub struct TapArgs {
 }
 
 /// Percent-encodes a query value.
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' | b':' => {
