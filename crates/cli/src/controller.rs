@@ -46,6 +46,11 @@ pub struct Args {
         value_parser = parse_net
     )]
     cluster_networks: Vec<ipnet::IpNet>,
+    /// Read the proxies' metrics from this Prometheus (`http://host:port`,
+    /// scraping them with `namespace` and `pod` labels, as
+    /// `weft viz prometheus-config` sets up) instead of scraping them.
+    #[arg(long, env = "WEFT_PROMETHEUS_URL")]
+    prometheus_url: Option<String>,
     /// How far before now certificates are valid from, for clocks behind.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     identity_clock_skew: Duration,
@@ -132,18 +137,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             identity = args.identity_dir.is_some(),
             "weft controller is serving"
         );
-        // The proxies, as `weft stat`, `weft edges` and `weft check` see them.
-        let observer = weft_controller::observe::Observer::new(index.clone(), Duration::from_secs(2));
-        if let Some(ca) = &ca {
-            observer.enable_tap(ca.clone());
-        }
-        tokio::spawn(observer.clone().run());
-        tokio::spawn(weft_controller::serve_admin(admin, index.clone(), metrics.clone(), Some(observer)));
         let inbound = weft_controller::inbound::InboundConfig {
             default_policy: args.default_inbound_policy,
             cluster_networks: args.cluster_networks,
             control_plane_ns: args.names.control_plane_namespace.clone(),
         };
+        // The proxies, as `weft stat`, `weft edges`, `weft check` and the
+        // dashboard see them.
+        let observer = weft_controller::observe::Observer::new(index.clone(), Duration::from_secs(2));
+        if let Some(ca) = &ca {
+            observer.enable_tap(ca.clone());
+        }
+        if let Some(url) = args.prometheus_url {
+            anyhow::ensure!(url.starts_with("http://"), "--prometheus-url {url}: give an http:// URL");
+            observer.use_prometheus(url);
+        }
+        observer.set_inbound_config(inbound.clone());
+        tokio::spawn(observer.clone().run());
+        tokio::spawn(weft_controller::serve_admin(admin, index.clone(), metrics.clone(), Some(observer)));
         tokio::spawn(weft_controller::serve_grpc_with(grpc, index, metrics, ca, inbound));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

@@ -8,6 +8,7 @@ mod identity;
 mod observe;
 mod proxy_init;
 mod routes;
+mod viz;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -45,6 +46,9 @@ enum Command {
     Edges(observe::EdgesArgs),
     /// Open the dashboard the controller serves: the mesh at a glance, live.
     Dashboard(dashboard::DashboardArgs),
+    /// Observability set-up: a Prometheus scrape configuration.
+    #[command(subcommand)]
+    Viz(viz::Viz),
     /// Live requests and responses through the proxies, with identities.
     Tap(observe::TapArgs),
     /// The busiest paths through the proxies, live.
@@ -86,6 +90,7 @@ fn main() -> ExitCode {
         Command::Routes(args) => routes::routes(args),
         Command::Tap(args) => observe::tap(args),
         Command::Dashboard(args) => dashboard::run(args),
+        Command::Viz(command) => viz::run(command),
         Command::Top(args) => observe::top(args),
         Command::DemoApp(args) => demo::apps::run(args),
         Command::Diagnostics(command) => authz::diagnostics(command),

@@ -457,7 +457,7 @@ fn print_up(dir: &Path, store: &Path, netns: bool) {
     println!("  controller   gRPC {}, admin http://{CONTROLLER_ADMIN}/metrics", controller_grpc(netns));
     println!("  store        {} (edit the YAML: the mesh follows)", store.display());
     println!("  logs         {}", dir.join("logs").display());
-    println!("  dashboard    not yet: for now, the proxies' /metrics");
+    println!("  dashboard    http://{CONTROLLER_ADMIN}/ (`weft dashboard` opens it)");
     println!();
     if netns {
         println!("  pods         network namespaces weftdemo-*, with proxy-init's iptables rules");
@@ -478,6 +478,7 @@ fn print_up(dir: &Path, store: &Path, netns: bool) {
     println!(
         "  weft diagnostics proxy-metrics -n demo web-0 | grep ^response_total     # web's golden metrics"
     );
+    println!("  weft dashboard                               # the mesh at a glance, live, in a browser");
     println!("  weft check                                   # is everything healthy?");
     println!("  weft stat -n demo                            # golden metrics per workload");
     println!("  weft edges -n demo                           # who talks to whom, over mTLS");
