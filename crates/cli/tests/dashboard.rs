@@ -94,6 +94,7 @@ fn overview(browser: &Browser) {
     let first = browser.run("return Number(document.body.dataset.firstRenderMs)", json!([]));
     let first = first.as_f64().expect("the page records when it first drew");
     assert!(first < 1000.0, "the overview took {first} ms to draw from navigation");
+    println!("the overview drew its data {first} ms after navigation");
 
     let rows = || -> Value {
         browser.run(

@@ -121,7 +121,9 @@ function table(cols, rows, { sortable = false, rowAttrs = () => ({}), empty = "N
       class: "sortable" + (active ? " active" : ""),
       "data-sort": opts.key,
       onclick: () => {
-        state.sort = { key: opts.key, dir: active ? -state.sort.dir : 1 };
+        // The sort as it is now: a redraw may be on its way.
+        const again = state.sort.key === opts.key;
+        state.sort = { key: opts.key, dir: again ? -state.sort.dir : 1 };
         render();
       },
     }, label, active ? (state.sort.dir > 0 ? " ▲" : " ▼") : "");
