@@ -235,12 +235,16 @@ pub mod client {
             Self { inner: tonic::client::Grpc::new(inner) }
         }
 
-        pub async fn watch(&mut self, spec: TrafficSpec) -> Result<Response<Streaming<OutboundPolicy>>, Status> {
+        pub async fn watch(
+            &mut self,
+            spec: TrafficSpec,
+        ) -> Result<Response<Streaming<OutboundPolicy>>, Status> {
             self.inner
                 .ready()
                 .await
                 .map_err(|e| Status::unavailable(format!("the controller is not ready: {}", e.into())))?;
-            let path = http::uri::PathAndQuery::from_static("/io.linkerd.proxy.outbound.OutboundPolicies/Watch");
+            let path =
+                http::uri::PathAndQuery::from_static("/io.linkerd.proxy.outbound.OutboundPolicies/Watch");
             self.inner.server_streaming(Request::new(spec), path, tonic_prost::ProstCodec::default()).await
         }
     }
