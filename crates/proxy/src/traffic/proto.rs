@@ -192,7 +192,7 @@ pub fn router(
             }
             TpsBudget::new(
                 ttl.clamp(Duration::from_secs(1), Duration::from_secs(60)),
-                b.min_retries_per_second,
+                b.min_retries_per_second.min(1_000_000),
                 b.retry_ratio,
             )
         }
