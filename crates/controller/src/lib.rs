@@ -6,12 +6,14 @@ mod admin;
 mod destination;
 pub mod identity;
 pub mod inbound;
+mod legacy;
 mod metrics;
 pub mod observe;
 pub mod outbound;
 mod profile;
 mod routes;
 pub mod tap;
+mod traffic;
 
 pub use admin::serve_admin;
 pub use destination::DestinationService;
@@ -24,11 +26,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use linkerd2_proxy_api::{
     destination::destination_server::DestinationServer, identity::identity_server::IdentityServer,
     inbound::inbound_server_policies_server::InboundServerPoliciesServer,
-    outbound::outbound_policies_server::OutboundPoliciesServer,
 };
 use std::{convert::Infallible, sync::Arc};
 use tokio::net::TcpListener;
 use tonic::{Status, server::NamedService};
+use weft_api::server::OutboundPoliciesServer;
 use weft_store::{Index, ServicePort, SharedIndex};
 
 /// What a proxy asked about.
@@ -101,7 +103,7 @@ pub async fn serve_grpc_with(
             index: index.clone(),
             metrics: metrics.clone(),
         }),
-        outbound: OutboundPoliciesServer::new(OutboundService { index, metrics: metrics.clone() }),
+        outbound: Arc::new(OutboundService { index, metrics: metrics.clone() }),
         identity: ca.clone().map(|ca| IdentityServer::new(identity::IdentityService(ca))),
     };
     loop {
@@ -158,7 +160,7 @@ where
 #[derive(Clone)]
 struct Router {
     destination: DestinationServer<DestinationService>,
-    outbound: OutboundPoliciesServer<OutboundService>,
+    outbound: Arc<OutboundService>,
     identity: Option<IdentityServer<identity::IdentityService>>,
     inbound: InboundServerPoliciesServer<inbound::InboundService>,
 }
@@ -172,7 +174,7 @@ impl Router {
             return self.destination.call(req).await;
         }
         if service == <OutboundPoliciesServer<OutboundService> as NamedService>::NAME {
-            return self.outbound.call(req).await;
+            return Ok(outbound::serve(self.outbound, req).await);
         }
         if service == <InboundServerPoliciesServer<inbound::InboundService> as NamedService>::NAME {
             return self.inbound.call(req).await;

@@ -6,6 +6,7 @@
 
 pub mod annotations;
 mod profile;
+pub use profile::split_authority;
 
 pub use profile::{
     BudgetSpec, ClassSpec, OverrideSpec, ProfileRoute, RequestSpec, ResponseSpec, ServiceProfileSpec,
