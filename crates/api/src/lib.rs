@@ -196,7 +196,12 @@ pub mod server {
 
         fn call(&mut self, req: http::Request<B>) -> Self::Future {
             let inner = self.0.clone();
-            let method = req.uri().path().strip_prefix(SERVICE).and_then(|m| m.strip_prefix('/'));
+            let method = req
+                .uri()
+                .path()
+                .strip_prefix('/')
+                .and_then(|p| p.strip_prefix(SERVICE))
+                .and_then(|m| m.strip_prefix('/'));
             match method {
                 Some("Get") => Box::pin(async move {
                     let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());

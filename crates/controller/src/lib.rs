@@ -103,7 +103,7 @@ pub async fn serve_grpc_with(
             index: index.clone(),
             metrics: metrics.clone(),
         }),
-        outbound: Arc::new(OutboundService { index, metrics: metrics.clone() }),
+        outbound: OutboundPoliciesServer::new(OutboundService { index, metrics: metrics.clone() }),
         identity: ca.clone().map(|ca| IdentityServer::new(identity::IdentityService(ca))),
     };
     loop {
@@ -160,7 +160,7 @@ where
 #[derive(Clone)]
 struct Router {
     destination: DestinationServer<DestinationService>,
-    outbound: Arc<OutboundService>,
+    outbound: OutboundPoliciesServer<OutboundService>,
     identity: Option<IdentityServer<identity::IdentityService>>,
     inbound: InboundServerPoliciesServer<inbound::InboundService>,
 }
@@ -174,7 +174,7 @@ impl Router {
             return self.destination.call(req).await;
         }
         if service == <OutboundPoliciesServer<OutboundService> as NamedService>::NAME {
-            return Ok(outbound::serve(self.outbound, req).await);
+            return self.outbound.call(req).await;
         }
         if service == <InboundServerPoliciesServer<inbound::InboundService> as NamedService>::NAME {
             return self.inbound.call(req).await;

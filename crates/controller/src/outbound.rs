@@ -109,54 +109,6 @@ impl OutboundService {
     }
 }
 
-/// Serves `Get` and `Watch` with weft's policy (field 1000 included).
-///
-/// This is what `weft_api::server::OutboundPoliciesServer` is for, but it
-/// cannot find a method yet: it strips the service name from the start of
-/// the path before the path's leading `/`. Until it does, the controller
-/// dispatches the two methods itself, over the same trait.
-pub(crate) async fn serve<B>(
-    svc: Arc<OutboundService>,
-    req: http::Request<B>,
-) -> http::Response<tonic::body::Body>
-where
-    B: http_body::Body + Send + 'static,
-    B::Data: Into<bytes::Bytes> + Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
-{
-    let codec = tonic_prost::ProstCodec::<weft_api::OutboundPolicy, TrafficSpec>::default;
-    match req.uri().path().rsplit('/').next() {
-        Some("Get") => tonic::server::Grpc::new(codec()).unary(Get(svc), req).await,
-        Some("Watch") => tonic::server::Grpc::new(codec()).server_streaming(Watch(svc), req).await,
-        _ => Status::unimplemented("OutboundPolicies has no such method").into_http(),
-    }
-}
-
-struct Get(Arc<OutboundService>);
-struct Watch(Arc<OutboundService>);
-
-impl tonic::server::UnaryService<TrafficSpec> for Get {
-    type Response = weft_api::OutboundPolicy;
-    type Future = Pin<Box<dyn std::future::Future<Output = Result<Response<Self::Response>, Status>> + Send>>;
-
-    fn call(&mut self, req: Request<TrafficSpec>) -> Self::Future {
-        let svc = self.0.clone();
-        Box::pin(async move { svc.get(req).await })
-    }
-}
-
-impl tonic::server::ServerStreamingService<TrafficSpec> for Watch {
-    type Response = weft_api::OutboundPolicy;
-    type ResponseStream = <OutboundService as OutboundPolicies>::WatchStream;
-    type Future =
-        Pin<Box<dyn std::future::Future<Output = Result<Response<Self::ResponseStream>, Status>> + Send>>;
-
-    fn call(&mut self, req: Request<TrafficSpec>) -> Self::Future {
-        let svc = self.0.clone();
-        Box::pin(async move { svc.watch(req).await })
-    }
-}
-
 /// The policy for a service port: its GRPCRoutes, else its HTTPRoutes,
 /// else its ServiceProfile's routes and a default route to the service
 /// (weighted by the profile's `dstOverrides` or a TrafficSplit); with the

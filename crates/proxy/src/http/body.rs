@@ -206,7 +206,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Stream(b) => b.is_end_stream(),
             RequestBody::Empty => true,
-            RequestBody::Replay(_) => false,
+            RequestBody::Replay(r) => r.is_end_stream(),
         }
     }
 
@@ -279,7 +279,7 @@ impl Replay {
             pos: 0,
             inner,
             trailers_sent: false,
-            size_hint: self.size_hint.clone(),
+            size_hint: self.size_hint,
         })
     }
 
@@ -306,40 +306,61 @@ impl Replay {
             // (never a truncated body).
             return Poll::Ready(Some(Err("the request body is being sent by another attempt".into())));
         };
-        let frame = std::task::ready!(Pin::new(inner).poll_frame(cx));
-        match &frame {
-            Some(Ok(f)) => {
-                if let Some(data) = f.data_ref() {
-                    if !shared.overflow {
-                        shared.len += data.len();
-                        if shared.len > shared.limit {
-                            shared.overflow = true;
-                            shared.frames = Vec::new();
-                        } else {
-                            shared.frames.push(data.clone());
-                            self.pos = shared.frames.len();
+        loop {
+            let frame = std::task::ready!(Pin::new(&mut *inner).poll_frame(cx));
+            match &frame {
+                Some(Ok(f)) => {
+                    if let Some(data) = f.data_ref() {
+                        if inner.is_end_stream() {
+                            shared.ended = true;
+                            self.trailers_sent = true;
                         }
+                        // An empty chunk (an END_STREAM frame, say) is not
+                        // passed on: sent as a frame of its own, peers
+                        // count it as abuse.
+                        if data.is_empty() {
+                            if shared.ended {
+                                return Poll::Ready(None);
+                            }
+                            continue;
+                        }
+                        if !shared.overflow {
+                            shared.len += data.len();
+                            if shared.len > shared.limit {
+                                shared.overflow = true;
+                                shared.frames = Vec::new();
+                            } else {
+                                shared.frames.push(data.clone());
+                                self.pos = shared.frames.len();
+                            }
+                        }
+                    } else if let Some(t) = f.trailers_ref() {
+                        shared.trailers = Some(t.clone());
+                        shared.ended = true;
+                        self.trailers_sent = true;
                     }
-                } else if let Some(t) = f.trailers_ref() {
-                    shared.trailers = Some(t.clone());
+                }
+                Some(Err(_)) => shared.overflow = true,
+                None => {
                     shared.ended = true;
                     self.trailers_sent = true;
                 }
-                if self.inner.as_ref().is_some_and(|i| i.is_end_stream()) {
-                    shared.ended = true;
-                }
             }
-            Some(Err(_)) => shared.overflow = true,
-            None => {
-                shared.ended = true;
-                self.trailers_sent = true;
-            }
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+    }
+
+    /// Done once the stream ended and this copy sent all of it, so the
+    /// last frame carries END_STREAM.
+    fn is_end_stream(&self) -> bool {
+        let Ok(shared) = self.shared.lock() else { return false };
+        shared.ended
+            && (shared.overflow || self.pos >= shared.frames.len())
+            && (self.trailers_sent || shared.trailers.is_none())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.size_hint.clone()
+        self.size_hint
     }
 }
 

@@ -283,6 +283,7 @@ impl Conn {
                 Ok(Answered { rsp, picked, upgraded })
             }
             Err(error) => {
+                tracing::debug!(endpoint = %picked.addr(), %error, "attempt failed");
                 picked.record(false, rule.breaker.as_deref());
                 series.backend_response(labels, grpc, &backend.meta, None, Some(error.route_label()));
                 Err(error)

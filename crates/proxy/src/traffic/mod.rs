@@ -294,7 +294,7 @@ impl Rule {
     pub fn pick_backend(&self) -> Option<&Arc<Backend>> {
         match self.backends.as_slice() {
             [] => None,
-            [one] => Some(&one.backend),
+            [one] if one.weight > 0 => Some(&one.backend),
             many => {
                 let total: u64 = many.iter().map(|b| u64::from(b.weight)).sum();
                 if total == 0 {
