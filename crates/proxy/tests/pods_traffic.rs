@@ -345,3 +345,68 @@ fn grpc_calls_are_retried_on_unavailable() {
         failed as f64
     );
 }
+
+#[test]
+fn redirects_header_filters_and_rewrites_apply() {
+    let rules = r#"
+  - matches: [{ path: { type: PathPrefix, value: /old } }]
+    filters: [{ type: RequestRedirect, requestRedirect: { path: { type: ReplacePrefixMatch, replacePrefixMatch: /new }, statusCode: 301 } }]
+  - matches: [{ path: { type: PathPrefix, value: /api } }]
+    filters:
+    - { type: RequestHeaderModifier, requestHeaderModifier: { set: [{ name: x-weft, value: routed }] } }
+    - { type: URLRewrite, urlRewrite: { path: { type: ReplacePrefixMatch, replacePrefixMatch: /headers } } }
+    - { type: ResponseHeaderModifier, responseHeaderModifier: { add: [{ name: x-served-by, value: weft }] } }"#;
+    let Some((cluster, stats)) = cluster(
+        "redirects_header_filters_and_rewrites_apply",
+        1,
+        "",
+        &[("route.yaml", http_route("filters", "", rules))],
+    ) else {
+        return;
+    };
+    let dst = cluster.service_addr();
+    let (redirect, rewritten) = cluster.client.block_on(async move {
+        let mut send = connect(dst).await;
+        (request(&mut send, "/old/page?q=1").await.unwrap(), request(&mut send, "/api").await.unwrap())
+    });
+    assert_eq!(redirect.0, StatusCode::MOVED_PERMANENTLY);
+    let location = redirect.2["location"].to_str().unwrap();
+    assert!(location.ends_with("/new/page?q=1"), "{location}");
+    assert_eq!(rewritten.0, StatusCode::OK);
+    let seen = String::from_utf8_lossy(&rewritten.1);
+    assert!(seen.contains("x-weft: routed"), "the app saw: {seen}");
+    assert_eq!(rewritten.2["x-served-by"], "weft");
+    assert_eq!(stats[0].requests.load(Ordering::SeqCst), 1, "the redirect never reached the app");
+}
+
+#[test]
+fn a_service_profile_still_retries_and_times_out() {
+    let profile = "apiVersion: linkerd.io/v1alpha2\nkind: ServiceProfile\nmetadata: { name: web.shop.svc.cluster.local, namespace: shop }\nspec:\n  routes:\n  - name: GET /\n    condition: { method: GET, pathRegex: / }\n    isRetryable: true\n  - name: GET /slow\n    condition: { method: GET, pathRegex: /slow }\n    timeout: 300ms\n  retryBudget: { retryRatio: 0.5, minRetriesPerSecond: 10, ttl: 10s }\n";
+    let Some((cluster, stats)) = cluster(
+        "a_service_profile_still_retries_and_times_out",
+        1,
+        "",
+        &[("profile.yaml", profile.to_string())],
+    ) else {
+        return;
+    };
+    stats[0].fail_percent.store(30, Ordering::Relaxed);
+    let (statuses, _) = load(&cluster, 1, 100, "/");
+    assert_eq!(count(&statuses, 200), 100, "{statuses:?}");
+    let metrics = cluster.client.metrics();
+    let retries =
+        sum(&metrics, "outbound_http_route_retry_requests_total", &[r#"route_kind="ServiceProfile""#]);
+    assert_eq!(retries, stats[0].failed.load(Ordering::SeqCst) as f64, "{metrics}");
+
+    stats[0].fail_percent.store(0, Ordering::Relaxed);
+    let dst = cluster.service_addr();
+    let (status, elapsed) = cluster.client.block_on(async move {
+        let mut send = connect(dst).await;
+        let started = Instant::now();
+        // `/slow` waits until released; the profile's timeout answers.
+        let (status, _, _) = request(&mut send, "/slow").await.unwrap();
+        (status, started.elapsed())
+    });
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(elapsed >= Duration::from_millis(290) && elapsed < Duration::from_secs(2), "{elapsed:?}");
+}

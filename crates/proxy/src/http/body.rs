@@ -33,8 +33,7 @@ pub struct Recorder {
 
 /// What the route series need when a routed request's response ends.
 pub struct RouteEnd {
-    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
-    pub labels: crate::traffic::metrics::RouteLabels,
+    pub series: Arc<crate::traffic::metrics::RuleSeries>,
     pub started: std::time::Instant,
     pub attempts: u32,
 }
@@ -65,14 +64,7 @@ impl Recorder {
         if let Some(end) = &self.route_end {
             let status = if self.grpc { grpc_status.map(|s| s as u16) } else { Some(self.status) };
             let error = error.map(|_| "UNEXPECTED");
-            end.metrics.routes.request(
-                &end.labels,
-                self.grpc,
-                status,
-                error,
-                end.started.elapsed(),
-                end.attempts,
-            );
+            end.series.request(status, error, end.started.elapsed(), end.attempts);
         }
         if let Some(tapped) = &self.tapped {
             tapped.end(self.bytes, grpc_status, error.is_some());

@@ -18,7 +18,7 @@ use crate::{
     },
     traffic::{
         Backend, Redirect, Rule,
-        metrics::{RetryOutcome, RouteLabels},
+        metrics::{RetryOutcome, RuleSeries},
     },
 };
 use bytes::Bytes;
@@ -60,22 +60,21 @@ impl Conn {
         grpc: bool,
     ) -> Response<ResponseBody> {
         let router = service.router.as_ref().expect("a routed service has a router");
-        let Some((route, rule)) = router.select(&req, grpc) else {
+        let Some((_, rule)) = router.select(&req, grpc) else {
             return self.fail(None, ProxyError::NoOutboundRoute { service: service.name.clone() }, grpc);
         };
-        let labels = RouteLabels { parent: router.parent.clone(), route: route.meta.clone() };
-        let series = &self.proxy.metrics.routes;
+        let series = rule.series(grpc, &self.proxy.metrics.routes);
 
         // Filters that answer in place of a backend.
         if let Some(redirect) = &rule.redirect {
             let rsp = redirect_response(redirect, &req, &authority, rule);
-            series.request(&labels, grpc, Some(rsp.status().as_u16()), None, started.elapsed(), 0);
+            series.request(Some(rsp.status().as_u16()), None, started.elapsed(), 0);
             return rsp;
         }
         if let Some(abort) = rule.abort.as_ref().filter(|a| a.ratio.hit()) {
             let rsp = injected(abort.status, abort.grpc || grpc, &abort.message);
             let status = if abort.grpc || grpc { Some(abort.status) } else { Some(rsp.status().as_u16()) };
-            series.request(&labels, grpc, status, None, started.elapsed(), 0);
+            series.request(status, None, started.elapsed(), 0);
             return rsp;
         }
         if let Some((ratio, delay)) = rule.delay {
@@ -127,7 +126,10 @@ impl Conn {
         };
         let mut body = Some(RequestBody::new(body, replay_limit));
 
-        router.budget.deposit();
+        // The budget counts the requests that may be retried.
+        if rule.retry.is_some() {
+            router.budget.deposit();
+        }
         let mut attempts = 0u32;
         let attempts_loop = async {
             loop {
@@ -135,7 +137,7 @@ impl Conn {
                 let Some(this_body) = next_body(&mut body) else {
                     unreachable!("the first attempt always has a body")
                 };
-                let outcome = self.attempt(&service, rule, &labels, &head, this_body, grpc).await;
+                let outcome = self.attempt(&service, rule, series, &head, this_body, grpc).await;
                 let Some(retry) = &rule.retry else { return outcome };
                 let wants_retry = match &outcome {
                     Ok(a) => retry.retries(a.rsp.status(), grpc_status(a.rsp.headers())),
@@ -143,21 +145,21 @@ impl Conn {
                 };
                 if !wants_retry {
                     if attempts > 1 {
-                        series.retry(&labels, grpc, RetryOutcome::Succeeded);
+                        series.retry(RetryOutcome::Succeeded);
                     }
                     return outcome;
                 }
                 if attempts > retry.max_retries {
-                    series.retry(&labels, grpc, RetryOutcome::LimitExceeded);
+                    series.retry(RetryOutcome::LimitExceeded);
                     return outcome;
                 }
                 // Only with a body to send again, and within the budget.
                 let replayable = body.as_ref().is_some_and(|b| b.try_clone().is_some());
                 if !replayable || !router.budget.withdraw() {
-                    series.retry(&labels, grpc, RetryOutcome::Overflow);
+                    series.retry(RetryOutcome::Overflow);
                     return outcome;
                 }
-                series.retry(&labels, grpc, RetryOutcome::Retried);
+                series.retry(RetryOutcome::Retried);
                 drop(outcome);
                 tokio::time::sleep(retry.backoff(attempts)).await;
             }
@@ -175,7 +177,7 @@ impl Conn {
             Err(error) => {
                 let status =
                     if grpc { Some(error.grpc_code() as u16) } else { Some(error.status().as_u16()) };
-                series.request(&labels, grpc, status, Some(error.route_label()), started.elapsed(), attempts);
+                series.request(status, Some(error.route_label()), started.elapsed(), attempts);
                 let target = self.target.unwrap_or_else(|| ([0, 0, 0, 0], 0).into());
                 let metrics = self.route(&authority, target, None);
                 metrics.request();
@@ -201,7 +203,7 @@ impl Conn {
         if let Some(tapped) = &tapped {
             tapped.response(rsp.status().as_u16());
         }
-        self.respond(rsp, upgraded, head.version, rule, &labels, started, attempts, metrics, tapped, grpc)
+        self.respond(rsp, upgraded, head.version, rule, series, started, attempts, metrics, tapped, grpc)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -211,7 +213,7 @@ impl Conn {
         upgraded: bool,
         version: Version,
         rule: &Rule,
-        labels: &RouteLabels,
+        series: &Arc<RuleSeries>,
         started: std::time::Instant,
         attempts: u32,
         metrics: crate::metrics::RouteMetrics,
@@ -228,7 +230,7 @@ impl Conn {
         let status = rsp.status();
         metrics.response_headers(status.as_u16(), started);
         headers::strip_hop_by_hop(rsp.headers_mut(), false);
-        let end = RouteEnd { metrics: self.proxy.metrics.clone(), labels: labels.clone(), started, attempts };
+        let end = RouteEnd { series: series.clone(), started, attempts };
         let recorder =
             Recorder::new(metrics, status.as_u16(), grpc, rsp.headers()).tapped(tapped).routed(end);
         rsp.map(|body| Either::Left(ObservedBody::new(body, recorder)))
@@ -240,12 +242,11 @@ impl Conn {
         &self,
         service: &ServiceRoute,
         rule: &Rule,
-        labels: &RouteLabels,
+        series: &RuleSeries,
         head: &Head,
         body: RequestBody,
         grpc: bool,
     ) -> Result<Answered, ProxyError> {
-        let series = &self.proxy.metrics.routes;
         let backend =
             rule.pick_backend().ok_or_else(|| ProxyError::NoBackend { service: service.name.clone() })?;
         let picked = match backend.balancer.pick_within_for(backend.failfast, rule.breaker.as_deref()).await {
@@ -253,7 +254,7 @@ impl Conn {
             Pick::Empty => return Err(ProxyError::NoEndpoints { service: backend.name.clone() }),
             Pick::AllFailing => return Err(ProxyError::CircuitOpen { service: backend.name.clone() }),
         };
-        series.backend_request(labels, grpc, &backend.meta);
+        series.backend_request(&backend.meta);
         let clients = &self.proxy.clients;
         let meta = picked.meta();
         let identity = meta.identity.clone().filter(|_| clients.meshed());
@@ -279,13 +280,13 @@ impl Conn {
                 picked.record(!failed, rule.breaker.as_deref());
                 let status =
                     if grpc { code.map(|c| c as u16).or(Some(0)) } else { Some(rsp.status().as_u16()) };
-                series.backend_response(labels, grpc, &backend.meta, status, None);
+                series.backend_response(&backend.meta, status, None);
                 Ok(Answered { rsp, picked, upgraded })
             }
             Err(error) => {
                 tracing::debug!(endpoint = %picked.addr(), %error, "attempt failed");
                 picked.record(false, rule.breaker.as_deref());
-                series.backend_response(labels, grpc, &backend.meta, None, Some(error.route_label()));
+                series.backend_response(&backend.meta, None, Some(error.route_label()));
                 Err(error)
             }
         }

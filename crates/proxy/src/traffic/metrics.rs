@@ -10,7 +10,10 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 /// Linkerd's route latency buckets, in seconds.
 const DURATION_BUCKETS: [f64; 13] =
@@ -138,50 +141,130 @@ impl RouteFamilies {
     fn of(&self, grpc: bool) -> &Families {
         if grpc { &self.grpc } else { &self.http }
     }
+}
 
+/// One rule's handles into one protocol's route series: resolved once, so
+/// a request records with atomic adds (and a short scan for its status)
+/// rather than hashing label sets.
+pub struct RuleSeries {
+    labels: RouteLabels,
+    grpc: bool,
+    statuses: Family<StatusLabels, Counter>,
+    backend_requests: Family<BackendLabels, Counter>,
+    backend_statuses: Family<StatusLabels, Counter>,
+    durations: Histogram,
+    attempts: Histogram,
+    /// Retried, succeeded, limit exceeded, overflow.
+    retries: [Counter; 4],
+    seen: Mutex<Seen>,
+}
+
+type StatusKey = (Option<u16>, Option<&'static str>);
+/// A backend's key, its requests counter and its status counters.
+type BackendSeen = (usize, Counter, Vec<(StatusKey, Counter)>);
+
+#[derive(Default)]
+struct Seen {
+    statuses: Vec<(StatusKey, Counter)>,
+    /// By the backend's `Meta` (its address: one per router).
+    backends: Vec<BackendSeen>,
+}
+
+impl RouteFamilies {
+    pub fn rule(&self, labels: RouteLabels, grpc: bool) -> RuleSeries {
+        let f = self.of(grpc);
+        RuleSeries {
+            durations: f.durations.get_or_create_owned(&labels),
+            attempts: f.attempts.get_or_create_owned(&labels),
+            retries: [
+                f.retries.get_or_create_owned(&labels),
+                f.retry_successes.get_or_create_owned(&labels),
+                f.retry_limit_exceeded.get_or_create_owned(&labels),
+                f.retry_overflow.get_or_create_owned(&labels),
+            ],
+            statuses: f.statuses.clone(),
+            backend_requests: f.backend_requests.clone(),
+            backend_statuses: f.backend_statuses.clone(),
+            seen: Mutex::new(Seen::default()),
+            labels,
+            grpc,
+        }
+    }
+}
+
+impl RuleSeries {
     /// A logical request ended: its final status, duration and attempts.
     pub fn request(
         &self,
-        labels: &RouteLabels,
-        grpc: bool,
         status: Option<u16>,
         error: Option<&'static str>,
         elapsed: Duration,
         attempts: u32,
     ) {
-        let f = self.of(grpc);
-        let l = StatusLabels { route: labels.clone(), backend: None, status, grpc, error };
-        f.statuses.get_or_create(&l).inc();
-        f.durations.get_or_create(labels).observe(elapsed.as_secs_f64());
-        f.attempts.get_or_create(labels).observe(f64::from(attempts.max(1)));
+        self.status_counter(None, (status, error)).inc();
+        self.durations.observe(elapsed.as_secs_f64());
+        self.attempts.observe(f64::from(attempts.max(1)));
     }
 
-    pub fn backend_request(&self, labels: &RouteLabels, grpc: bool, backend: &Arc<Meta>) {
-        let l = BackendLabels { route: labels.clone(), backend: backend.clone() };
-        self.of(grpc).backend_requests.get_or_create(&l).inc();
+    pub fn backend_request(&self, backend: &Arc<Meta>) {
+        let mut seen = self.seen.lock().expect("route series lock");
+        let key = Arc::as_ptr(backend) as usize;
+        if let Some((_, requests, _)) = seen.backends.iter().find(|(k, _, _)| *k == key) {
+            requests.inc();
+            return;
+        }
+        let labels = BackendLabels { route: self.labels.clone(), backend: backend.clone() };
+        let requests = self.backend_requests.get_or_create_owned(&labels);
+        requests.inc();
+        seen.backends.push((key, requests, Vec::new()));
     }
 
-    pub fn backend_response(
-        &self,
-        labels: &RouteLabels,
-        grpc: bool,
-        backend: &Arc<Meta>,
-        status: Option<u16>,
-        error: Option<&'static str>,
-    ) {
-        let l = StatusLabels { route: labels.clone(), backend: Some(backend.clone()), status, grpc, error };
-        self.of(grpc).backend_statuses.get_or_create(&l).inc();
+    pub fn backend_response(&self, backend: &Arc<Meta>, status: Option<u16>, error: Option<&'static str>) {
+        self.status_counter(Some(backend), (status, error)).inc();
     }
 
-    pub fn retry(&self, labels: &RouteLabels, grpc: bool, outcome: RetryOutcome) {
-        let f = self.of(grpc);
-        let family = match outcome {
-            RetryOutcome::Retried => &f.retries,
-            RetryOutcome::Succeeded => &f.retry_successes,
-            RetryOutcome::LimitExceeded => &f.retry_limit_exceeded,
-            RetryOutcome::Overflow => &f.retry_overflow,
+    pub fn retry(&self, outcome: RetryOutcome) {
+        let i = match outcome {
+            RetryOutcome::Retried => 0,
+            RetryOutcome::Succeeded => 1,
+            RetryOutcome::LimitExceeded => 2,
+            RetryOutcome::Overflow => 3,
         };
-        family.get_or_create(labels).inc();
+        self.retries[i].inc();
+    }
+
+    fn status_counter(&self, backend: Option<&Arc<Meta>>, key: StatusKey) -> Counter {
+        let mut seen = self.seen.lock().expect("route series lock");
+        let list = match backend {
+            None => &mut seen.statuses,
+            Some(b) => {
+                let ptr = Arc::as_ptr(b) as usize;
+                let i = match seen.backends.iter().position(|(k, _, _)| *k == ptr) {
+                    Some(i) => i,
+                    None => {
+                        let labels = BackendLabels { route: self.labels.clone(), backend: b.clone() };
+                        let requests = self.backend_requests.get_or_create_owned(&labels);
+                        seen.backends.push((ptr, requests, Vec::new()));
+                        seen.backends.len() - 1
+                    }
+                };
+                &mut seen.backends[i].2
+            }
+        };
+        if let Some((_, c)) = list.iter().find(|(k, _)| *k == key) {
+            return c.clone();
+        }
+        let labels = StatusLabels {
+            route: self.labels.clone(),
+            backend: backend.cloned(),
+            status: key.0,
+            grpc: self.grpc,
+            error: key.1,
+        };
+        let family = if backend.is_some() { &self.backend_statuses } else { &self.statuses };
+        let counter = family.get_or_create_owned(&labels);
+        list.push((key, counter.clone()));
+        counter
     }
 }
 

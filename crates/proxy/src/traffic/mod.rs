@@ -67,6 +67,10 @@ pub struct Rule {
     pub retry: Option<Retry>,
     /// Circuit breaking for this rule's requests only.
     pub breaker: Option<Arc<accrual::RouteAccrual>>,
+    /// The parent and route, for the route series.
+    pub labels: metrics::RouteLabels,
+    /// Handles into the HTTP and the gRPC route series, on first use.
+    series: [std::sync::OnceLock<Arc<metrics::RuleSeries>>; 2],
 }
 
 #[derive(Clone, Debug)]
@@ -290,6 +294,11 @@ impl ValueMatch {
 // === impl Rule ===
 
 impl Rule {
+    /// This rule's route series for HTTP or gRPC requests.
+    pub fn series(&self, grpc: bool, families: &metrics::RouteFamilies) -> &Arc<metrics::RuleSeries> {
+        self.series[usize::from(grpc)].get_or_init(|| Arc::new(families.rule(self.labels.clone(), grpc)))
+    }
+
     /// A backend, drawn by weight.
     pub fn pick_backend(&self) -> Option<&Arc<Backend>> {
         match self.backends.as_slice() {

@@ -2,6 +2,7 @@
 //! domain, once per update, at the edge. Anything malformed makes the
 //! whole policy unusable, so a half-understood policy never routes.
 
+use super::metrics::RouteLabels;
 use super::{
     Abort, Backend, HeaderModifier, Match, Meta, PathMatch, PathModifier, Ratio, Redirect, Retry, RetryOn,
     Rewrite, Route, Router, Rule, Timeouts, ValueMatch, WeightedBackend, accrual,
@@ -85,9 +86,11 @@ pub fn router(
 
     let mut http_routes = Vec::with_capacity(http.len());
     for (i, route) in http.iter().enumerate() {
+        let route_meta = Arc::new(meta(route.metadata.as_ref()));
         let mut rules = Vec::with_capacity(route.rules.len());
         for (j, rule) in route.rules.iter().enumerate() {
             let mut out = Rule::new(
+                RouteLabels { parent: parent.clone(), route: route_meta.clone() },
                 rule.matches.iter().map(http_match).collect::<Result<_, _>>()?,
                 #[allow(deprecated)]
                 timeouts(rule.timeouts.as_ref(), rule.request_timeout.as_ref())?,
@@ -131,14 +134,16 @@ pub fn router(
             extend(&mut out, ext_for(i, j), &mut bind_backend)?;
             rules.push(out);
         }
-        http_routes.push(Route { meta: Arc::new(meta(route.metadata.as_ref())), rules });
+        http_routes.push(Route { meta: route_meta, rules });
     }
 
     let mut grpc_routes = Vec::with_capacity(grpc.len());
     for (i, route) in grpc.iter().enumerate() {
+        let route_meta = Arc::new(meta(route.metadata.as_ref()));
         let mut rules = Vec::with_capacity(route.rules.len());
         for (j, rule) in route.rules.iter().enumerate() {
             let mut out = Rule::new(
+                RouteLabels { parent: parent.clone(), route: route_meta.clone() },
                 rule.matches.iter().map(grpc_match).collect::<Result<_, _>>()?,
                 #[allow(deprecated)]
                 timeouts(rule.timeouts.as_ref(), rule.request_timeout.as_ref())?,
@@ -178,7 +183,7 @@ pub fn router(
             extend(&mut out, ext_for(i, j), &mut bind_backend)?;
             rules.push(out);
         }
-        grpc_routes.push(Route { meta: Arc::new(meta(route.metadata.as_ref())), rules });
+        grpc_routes.push(Route { meta: route_meta, rules });
     }
 
     let budget = match &ext.retry_budget {
@@ -298,8 +303,10 @@ fn extend(
 }
 
 impl Rule {
-    fn new(matches: Vec<Match>, timeouts: Timeouts, retry: Option<Retry>) -> Self {
+    fn new(labels: RouteLabels, matches: Vec<Match>, timeouts: Timeouts, retry: Option<Retry>) -> Self {
         Rule {
+            labels,
+            series: Default::default(),
             matches,
             request_headers: None,
             response_headers: None,
