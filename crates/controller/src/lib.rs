@@ -7,6 +7,7 @@ mod dashboard;
 mod destination;
 pub mod identity;
 pub mod inbound;
+mod legacy;
 mod metrics;
 pub mod observe;
 pub mod outbound;
@@ -14,6 +15,7 @@ pub mod policy_view;
 mod profile;
 mod routes;
 pub mod tap;
+mod traffic;
 
 pub use admin::serve_admin;
 pub use destination::DestinationService;
@@ -26,11 +28,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use linkerd2_proxy_api::{
     destination::destination_server::DestinationServer, identity::identity_server::IdentityServer,
     inbound::inbound_server_policies_server::InboundServerPoliciesServer,
-    outbound::outbound_policies_server::OutboundPoliciesServer,
 };
 use std::{convert::Infallible, sync::Arc};
 use tokio::net::TcpListener;
 use tonic::{Status, server::NamedService};
+use weft_api::server::OutboundPoliciesServer;
 use weft_store::{Index, ServicePort, SharedIndex};
 
 /// What a proxy asked about.

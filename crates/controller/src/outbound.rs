@@ -2,26 +2,29 @@
 //! traffic to a service: the protocol, and routes to backends that it
 //! balances over the service's endpoints.
 //!
-//! Routes from HTTPRoute/GRPCRoute come with traffic management; until
-//! then every service gets one default route to itself. The policy is
+//! Routes come from HTTPRoute/GRPCRoute (`routes`), else from a
+//! ServiceProfile and TrafficSplit (`legacy`), else one default route to
+//! the service itself; weft's additions ride in field 1000
+//! (`weft_api::Extensions`), which stock proxies skip. The policy is
 //! shaped the way the stock linkerd2-proxy requires (DESIGN.md, contract
 //! 1): metadata everywhere, a `core` Service resource, a complete Detect,
 //! non-empty distributions, a queue with a failfast timeout, and a
 //! balancer with discovery by DNS name and port and a PeakEwma load.
 
-use crate::{Metrics, Target};
+use crate::{Metrics, Target, legacy, routes, traffic::ServiceTraffic};
 use linkerd2_proxy_api::{
     http_route::{HttpRouteMatch, PathMatch, path_match},
     meta::{Metadata, Resource, metadata},
     outbound::{
         Backend, HttpRoute, OpaqueRoute, OutboundPolicy, ProxyProtocol, Queue, TrafficSpec, backend,
-        http_route, opaque_route, outbound_policies_server::OutboundPolicies, proxy_protocol, traffic_spec,
+        http_route, opaque_route, proxy_protocol, traffic_spec,
     },
 };
 use std::{pin::Pin, sync::Arc, time::Duration};
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
+use weft_api::server::OutboundPolicies;
 use weft_store::{ServicePort, SharedIndex, endpoints::opaque_ports};
 
 pub struct OutboundService {
@@ -37,18 +40,18 @@ const EWMA_DECAY: Duration = Duration::from_secs(10);
 
 #[tonic::async_trait]
 impl OutboundPolicies for OutboundService {
-    type WatchStream = Pin<Box<dyn Stream<Item = Result<OutboundPolicy, Status>> + Send>>;
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<weft_api::OutboundPolicy, Status>> + Send>>;
 
-    async fn get(&self, req: Request<TrafficSpec>) -> Result<Response<OutboundPolicy>, Status> {
+    async fn get(&self, req: Request<TrafficSpec>) -> Result<Response<weft_api::OutboundPolicy>, Status> {
         let sp = self.target(req.into_inner())?;
-        Ok(Response::new(compute(&crate::lock(&self.index), &sp)?))
+        Ok(Response::new(policy(&crate::lock(&self.index), &sp)?))
     }
 
     async fn watch(&self, req: Request<TrafficSpec>) -> Result<Response<Self::WatchStream>, Status> {
         let sp = self.target(req.into_inner())?;
         let (mut changes, first) = {
             let index = crate::lock(&self.index);
-            (index.changes(), compute(&index, &sp)?)
+            (index.changes(), policy(&index, &sp)?)
         };
         let (tx, out) = mpsc::channel(1);
         let gauge = self.metrics.watch("outbound_policy");
@@ -66,7 +69,7 @@ impl OutboundPolicies for OutboundService {
                     changed = changes.changed() => if changed.is_err() { return },
                     () = tx.closed() => return,
                 }
-                let next = compute(&crate::lock(&index), &sp);
+                let next = policy(&crate::lock(&index), &sp);
                 match next {
                     Ok(policy) if policy == last => continue,
                     Ok(policy) => {
@@ -107,42 +110,56 @@ impl OutboundService {
 }
 
 /// The policy for a service port: its GRPCRoutes, else its HTTPRoutes,
-/// else a default route to the service itself; opaque ports get the
-/// default opaque route.
-fn compute(index: &weft_store::Index, sp: &ServicePort) -> Result<OutboundPolicy, Status> {
+/// else its ServiceProfile's routes and a default route to the service
+/// (weighted by the profile's `dstOverrides` or a TrafficSplit); with the
+/// Service's traffic annotations, and weft's additions in field 1000.
+/// Opaque ports get the default opaque route.
+pub fn policy(index: &weft_store::Index, sp: &ServicePort) -> Result<weft_api::OutboundPolicy, Status> {
     let Some(svc) = index.service(&sp.namespace, &sp.name) else {
         return Err(Status::not_found(format!("service {}/{} does not exist", sp.namespace, sp.name)));
     };
     let domain = &index.config().cluster_domain;
-    let opaque = opaque_ports(svc.metadata.annotations.as_ref()).contains(&sp.port);
+    let annotations = svc.metadata.annotations.as_ref();
+    let opaque = opaque_ports(annotations).contains(&sp.port);
     let mut policy = default_policy(sp, domain, opaque);
     if opaque {
-        return Ok(policy);
+        return Ok(policy.into());
     }
-    let grpc = crate::routes::grpc_routes(index, sp);
-    if !grpc.is_empty() {
+    let traffic = ServiceTraffic::of(annotations);
+    let accrual = traffic.accrual.as_ref().map(crate::traffic::failure_accrual);
+    let mut extensions =
+        weft_api::Extensions { rules: vec![], retry_budget: legacy::retry_budget(index, sp) };
+    let grpc = routes::grpc_routes(index, sp, &traffic);
+    if !grpc.routes.is_empty() {
+        extensions.rules = grpc.rules;
         policy.protocol = Some(ProxyProtocol {
             kind: Some(proxy_protocol::Kind::Grpc(proxy_protocol::Grpc {
-                routes: grpc,
-                failure_accrual: None,
+                routes: grpc.routes,
+                failure_accrual: accrual,
             })),
         });
-        return Ok(policy);
-    }
-    let http = crate::routes::http_routes(index, sp);
-    if !http.is_empty() {
-        if let Some(ProxyProtocol { kind: Some(proxy_protocol::Kind::Detect(detect)) }) =
-            policy.protocol.as_mut()
-        {
-            detect.http1 = Some(proxy_protocol::Http1 { routes: http.clone(), failure_accrual: None });
-            detect.http2 = Some(proxy_protocol::Http2 { routes: http, failure_accrual: None });
+    } else if let Some(ProxyProtocol { kind: Some(proxy_protocol::Kind::Detect(detect)) }) =
+        policy.protocol.as_mut()
+    {
+        let mut http = routes::http_routes(index, sp, &traffic);
+        if http.routes.is_empty() {
+            let default = detect.http1.as_mut().map(|h| std::mem::take(&mut h.routes)).unwrap_or_default();
+            let default = default.into_iter().next().unwrap_or_default();
+            http = legacy::http_routes(index, sp, &traffic, default);
         }
+        extensions.rules = http.rules;
+        detect.http1 = Some(proxy_protocol::Http1 { routes: http.routes.clone(), failure_accrual: accrual });
+        detect.http2 = Some(proxy_protocol::Http2 { routes: http.routes, failure_accrual: accrual });
+    }
+    let mut policy = weft_api::OutboundPolicy::from(policy);
+    if !extensions.rules.is_empty() || extensions.retry_budget.is_some() {
+        policy.weft = Some(extensions);
     }
     Ok(policy)
 }
 
 /// A service port as a backend: balanced over its endpoints.
-pub(crate) fn backend_for(sp: &ServicePort, cluster_domain: &str) -> Backend {
+pub fn backend_for(sp: &ServicePort, cluster_domain: &str) -> Backend {
     Backend {
         metadata: Some(service_metadata(sp)),
         queue: Some(Queue { capacity: QUEUE_CAPACITY, failfast_timeout: duration(FAILFAST_TIMEOUT) }),
@@ -163,7 +180,7 @@ pub(crate) fn backend_for(sp: &ServicePort, cluster_domain: &str) -> Backend {
 }
 
 fn duration(d: Duration) -> Option<prost_types::Duration> {
-    prost_types::Duration::try_from(d).ok()
+    crate::traffic::duration(d)
 }
 
 fn service_metadata(sp: &ServicePort) -> Metadata {
@@ -245,55 +262,4 @@ pub fn default_policy(sp: &ServicePort, cluster_domain: &str, opaque: bool) -> O
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sp() -> ServicePort {
-        ServicePort { namespace: "shop".into(), name: "web".into(), port: 80 }
-    }
-
-    /// What the stock linkerd2-proxy checks before it accepts a policy.
-    #[test]
-    fn the_default_policy_has_what_the_stock_proxy_requires() {
-        let policy = default_policy(&sp(), "cluster.local", false);
-        let Some(metadata::Kind::Resource(res)) = policy.metadata.as_ref().and_then(|m| m.kind.clone())
-        else {
-            panic!("top-level metadata must name the Service");
-        };
-        assert_eq!((res.group.as_str(), res.kind.as_str(), res.port), ("core", "Service", 80));
-        let Some(proxy_protocol::Kind::Detect(detect)) = policy.protocol.unwrap().kind else {
-            panic!("not detect")
-        };
-        assert!(detect.timeout.is_some() && detect.opaque.is_some());
-        for routes in [&detect.http1.as_ref().unwrap().routes, &detect.http2.as_ref().unwrap().routes] {
-            let route = &routes[0];
-            assert!(route.metadata.is_some());
-            let rule = &route.rules[0];
-            let Some(http_route::distribution::Kind::FirstAvailable(fa)) =
-                rule.backends.as_ref().unwrap().kind.as_ref()
-            else {
-                panic!("no distribution")
-            };
-            assert!(!fa.backends.is_empty());
-            let backend = fa.backends[0].backend.as_ref().unwrap();
-            assert!(backend.metadata.is_some());
-            assert!(backend.queue.as_ref().unwrap().failfast_timeout.is_some());
-            let Some(backend::Kind::Balancer(p2c)) = &backend.kind else { panic!("not a balancer") };
-            let Some(backend::endpoint_discovery::Kind::Dst(dst)) =
-                p2c.discovery.as_ref().unwrap().kind.as_ref()
-            else {
-                panic!("no discovery")
-            };
-            // A DNS name with a port: an IP:port makes the stock proxy panic.
-            assert_eq!(dst.path, "web.shop.svc.cluster.local:80");
-            let Some(backend::balance_p2c::Load::PeakEwma(ewma)) = p2c.load else { panic!("no PeakEwma") };
-            assert!(ewma.default_rtt.is_some() && ewma.decay.is_some());
-        }
-    }
-
-    #[test]
-    fn opaque_ports_get_an_opaque_policy() {
-        let policy = default_policy(&sp(), "cluster.local", true);
-        assert!(matches!(policy.protocol.unwrap().kind, Some(proxy_protocol::Kind::Opaque(_))));
-    }
-}
+mod tests;

@@ -11,75 +11,12 @@ use linkerd2_proxy_api::{
     },
     http_types::HttpMethod,
 };
-use serde::Deserialize;
 use std::time::Duration;
-use weft_store::{Index, Key, Kind, Resource, ServicePort, endpoints::opaque_ports};
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct ProfileSpec {
-    routes: Vec<RouteSpec>,
-    retry_budget: Option<BudgetSpec>,
-    dst_overrides: Vec<OverrideSpec>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct RouteSpec {
-    name: String,
-    condition: Option<RequestSpec>,
-    response_classes: Vec<ClassSpec>,
-    is_retryable: bool,
-    timeout: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct RequestSpec {
-    method: Option<String>,
-    path_regex: Option<String>,
-    all: Vec<RequestSpec>,
-    any: Vec<RequestSpec>,
-    not: Option<Box<RequestSpec>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct ClassSpec {
-    condition: Option<ResponseSpec>,
-    is_failure: bool,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct ResponseSpec {
-    status: Option<StatusSpec>,
-    all: Vec<ResponseSpec>,
-    any: Vec<ResponseSpec>,
-    not: Option<Box<ResponseSpec>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct StatusSpec {
-    min: u32,
-    max: u32,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct BudgetSpec {
-    retry_ratio: f32,
-    min_retries_per_second: u32,
-    ttl: String,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct OverrideSpec {
-    authority: String,
-    weight: serde_json::Value,
-}
+use weft_store::{
+    Index, Key, Kind, Resource, ServicePort,
+    endpoints::opaque_ports,
+    traffic::{RequestSpec, ResponseSpec, ServiceProfileSpec, quantity_milli},
+};
 
 /// The profile for a service port: its ServiceProfile (named by the
 /// service's FQDN, in its namespace) if any, on top of the name and
@@ -90,20 +27,9 @@ pub(crate) fn compute(index: &Index, sp: &ServicePort) -> DestinationProfile {
     let opaque = index
         .service(&sp.namespace, &sp.name)
         .is_some_and(|svc| opaque_ports(svc.metadata.annotations.as_ref()).contains(&sp.port));
-    let mut profile = DestinationProfile {
-        fully_qualified_name: fqdn.clone(),
-        opaque_protocol: opaque,
-        ..Default::default()
-    };
-    let key = Key { kind: Kind::ServiceProfile, namespace: sp.namespace.clone(), name: fqdn };
-    let Some(Resource::Other(sp_resource)) = index.get(&key) else { return profile };
-    let spec: ProfileSpec = match serde_json::from_value(sp_resource.spec.clone()) {
-        Ok(spec) => spec,
-        Err(error) => {
-            tracing::warn!(%key, %error, "ServiceProfile not usable; serving the default profile");
-            return profile;
-        }
-    };
+    let mut profile =
+        DestinationProfile { fully_qualified_name: fqdn, opaque_protocol: opaque, ..Default::default() };
+    let Some((_, spec)) = service_profile(index, sp) else { return profile };
     profile.routes = spec
         .routes
         .iter()
@@ -136,7 +62,7 @@ pub(crate) fn compute(index: &Index, sp: &ServicePort) -> DestinationProfile {
         .iter()
         .map(|o| WeightedDst {
             authority: o.authority.clone(),
-            weight: milli(&o.weight),
+            weight: quantity_milli(&o.weight).unwrap_or(0),
             ..Default::default()
         })
         .collect();
@@ -204,31 +130,31 @@ fn response_match(spec: &ResponseSpec) -> ResponseMatch {
     ResponseMatch { r#match }
 }
 
-/// Go-style durations as ServiceProfiles write them: `300ms`, `10s`, `1m`.
+/// A duration the store already checked.
 fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-    let (n, unit) = s.split_at(split);
-    let n: f64 = n.parse().ok()?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return None,
-    };
-    Duration::try_from_secs_f64(secs).ok()
+    weft_store::traffic::parse_duration(s).ok()
 }
 
-/// A Kubernetes quantity as thousandths: `1` is 1000, `500m` is 500.
-fn milli(weight: &serde_json::Value) -> u32 {
-    match weight {
-        serde_json::Value::Number(n) => (n.as_f64().unwrap_or(0.0) * 1000.0) as u32,
-        serde_json::Value::String(s) => match s.strip_suffix('m') {
-            Some(m) => m.parse().unwrap_or(0),
-            None => s.parse::<f64>().map(|v| (v * 1000.0) as u32).unwrap_or(0),
-        },
-        _ => 0,
+/// The ServiceProfile of a service port, if any: named by the service's
+/// FQDN, in its namespace.
+pub(crate) fn service_profile<'a>(
+    index: &'a Index,
+    sp: &ServicePort,
+) -> Option<(&'a Resource, ServiceProfileSpec)> {
+    let domain = &index.config().cluster_domain;
+    let key = Key {
+        kind: Kind::ServiceProfile,
+        namespace: sp.namespace.clone(),
+        name: format!("{}.{}.svc.{domain}", sp.name, sp.namespace),
+    };
+    let resource = index.get(&key)?;
+    let Resource::Other(generic) = resource else { return None };
+    match serde_json::from_value(generic.spec.clone()) {
+        Ok(spec) => Some((resource, spec)),
+        Err(error) => {
+            tracing::warn!(%key, %error, "ServiceProfile not usable; serving the default profile");
+            None
+        }
     }
 }
 
@@ -277,15 +203,5 @@ spec:
         assert_eq!(profile.retry_budget.as_ref().unwrap().min_retries_per_second, 10);
         let weights: Vec<u32> = profile.dst_overrides.iter().map(|d| d.weight).collect();
         assert_eq!(weights, [900, 100]);
-    }
-
-    #[test]
-    fn durations_and_quantities() {
-        assert_eq!(parse_duration("300ms"), Some(Duration::from_millis(300)));
-        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("soon"), None);
-        assert_eq!(milli(&serde_json::json!("500m")), 500);
-        assert_eq!(milli(&serde_json::json!(1)), 1000);
-        assert_eq!(milli(&serde_json::json!("2")), 2000);
     }
 }

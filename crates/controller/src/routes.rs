@@ -1,70 +1,32 @@
 //! HTTPRoute and GRPCRoute (Gateway API, and Linkerd's `policy.linkerd.io`
-//! HTTPRoute) attached to a Service, as outbound policy routes: their
-//! matches, and their backends as a weighted distribution.
+//! HTTPRoute) attached to a Service, as outbound policy routes: matches,
+//! filters, timeouts, retries and weighted backends in the standard
+//! policy; mirrors, URL rewrites, delays and per-route failure accrual as
+//! weft's additions (`weft_api::RuleExtension`).
 
-use crate::outbound::backend_for;
+use crate::{
+    outbound::backend_for,
+    traffic::{self, Listed, RouteTraffic, ServiceTraffic},
+};
 use linkerd2_proxy_api::{
     grpc_route::{GrpcRouteMatch, GrpcRpcMatch},
-    http_route::{HeaderMatch, HttpRouteMatch, PathMatch, header_match, path_match},
-    http_types::HttpMethod,
+    http_route::{
+        HeaderMatch, HttpRouteMatch, PathMatch, PathModifier, QueryParamMatch, RequestHeaderModifier,
+        RequestRedirect, ResponseHeaderModifier, header_match, path_match, path_modifier, query_param_match,
+    },
+    http_types::{HttpMethod, Scheme, headers},
     meta::{Metadata, Resource as MetaResource, metadata},
-    outbound::{GrpcRoute, HttpRoute, grpc_route, http_route},
+    outbound::{Backend, GrpcRoute, HttpRoute, grpc_route, http_route},
 };
-use serde::Deserialize;
-use weft_store::{Index, Kind, Resource, ServicePort};
+use weft_api::{Mirror, RuleExtension, UrlRewrite};
+use weft_store::{
+    Index, Kind, Resource, ServicePort,
+    traffic::{self as spec, Method, annotations::Timeouts, parse_duration},
+};
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-pub(crate) struct RouteSpec {
-    pub(crate) parent_refs: Vec<Ref>,
-    pub(crate) rules: Vec<RuleSpec>,
-}
+pub(crate) use weft_store::traffic::{RouteSpec, Rule as RuleSpec};
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-pub(crate) struct Ref {
-    pub(crate) group: Option<String>,
-    pub(crate) kind: Option<String>,
-    pub(crate) name: String,
-    pub(crate) namespace: Option<String>,
-    port: Option<u16>,
-    weight: Option<u32>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-pub(crate) struct RuleSpec {
-    matches: Vec<MatchSpec>,
-    backend_refs: Vec<Ref>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct MatchSpec {
-    path: Option<ValueMatch>,
-    headers: Vec<HeaderSpec>,
-    /// An HTTP method (HTTPRoute) or an RPC (GRPCRoute).
-    method: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct ValueMatch {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    value: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct HeaderSpec {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    name: String,
-    value: String,
-}
-
-/// The routes of `kind` whose parent is the service port, oldest first.
+/// The routes of `kind` whose parent is the service port, by name.
 fn attached<'a>(
     index: &'a Index,
     sp: &'a ServicePort,
@@ -73,14 +35,7 @@ fn attached<'a>(
     index.in_namespace(kind, &sp.namespace).filter_map(move |r| {
         let Resource::Other(route) = r else { return None };
         let spec: RouteSpec = serde_json::from_value(route.spec.clone()).ok()?;
-        let attaches = spec.parent_refs.iter().any(|p| {
-            matches!(p.group.as_deref(), None | Some("") | Some("core"))
-                && p.kind.as_deref() == Some("Service")
-                && p.name == sp.name
-                && p.namespace.as_deref().is_none_or(|ns| ns == sp.namespace)
-                && p.port.is_none_or(|port| port == sp.port)
-        });
-        attaches.then_some((r, spec))
+        spec.attaches_to_service(&sp.namespace, &sp.name, sp.port).then_some((r, spec))
     })
 }
 
@@ -97,27 +52,23 @@ pub(crate) fn metadata(resource: &Resource, group: &str, kind: &str) -> Metadata
     }
 }
 
+/// A backend reference as a service port: its namespace defaults to the
+/// route's, its port to the parent's.
+fn target(sp: &ServicePort, r: &spec::BackendRef) -> ServicePort {
+    ServicePort {
+        namespace: r.namespace.clone().unwrap_or_else(|| sp.namespace.clone()),
+        name: r.name.clone(),
+        port: r.port.unwrap_or(sp.port),
+    }
+}
+
 /// Weighted backends; a rule without any goes to the parent service.
-fn backends(
-    index: &Index,
-    sp: &ServicePort,
-    refs: &[Ref],
-) -> Vec<(linkerd2_proxy_api::outbound::Backend, u32)> {
+fn backends(index: &Index, sp: &ServicePort, refs: &[spec::BackendRef]) -> Vec<(Backend, u32)> {
     let domain = &index.config().cluster_domain;
     if refs.is_empty() {
         return vec![(backend_for(sp, domain), 1)];
     }
-    refs.iter()
-        .filter(|r| r.kind.as_deref().is_none_or(|k| k == "Service"))
-        .map(|r| {
-            let target = ServicePort {
-                namespace: r.namespace.clone().unwrap_or_else(|| sp.namespace.clone()),
-                name: r.name.clone(),
-                port: r.port.unwrap_or(sp.port),
-            };
-            (backend_for(&target, domain), r.weight.unwrap_or(1))
-        })
-        .collect()
+    refs.iter().map(|r| (backend_for(&target(sp, r), domain), r.weight.unwrap_or(1))).collect()
 }
 
 /// A rule's HTTP matches, as the proxy API spells them.
@@ -136,13 +87,21 @@ pub(crate) fn http_matches(rule: &RuleSpec) -> Vec<HttpRouteMatch> {
                 }
             }),
             headers: headers(&m.headers),
-            method: m
-                .method
-                .as_ref()
-                .and_then(|v| v.as_str())
-                .and_then(|v| http::Method::from_bytes(v.as_bytes()).ok())
-                .map(HttpMethod::from),
-            ..Default::default()
+            query_params: m
+                .query_params
+                .iter()
+                .map(|q| QueryParamMatch {
+                    name: q.name.clone(),
+                    value: Some(match q.kind.as_deref() {
+                        Some("RegularExpression") => query_param_match::Value::Regex(q.value.clone()),
+                        _ => query_param_match::Value::Exact(q.value.clone()),
+                    }),
+                })
+                .collect(),
+            method: match &m.method {
+                Some(Method::Http(v)) => http::Method::from_bytes(v.as_bytes()).ok().map(HttpMethod::from),
+                _ => None,
+            },
         })
         .collect()
 }
@@ -152,16 +111,19 @@ pub(crate) fn grpc_matches(rule: &RuleSpec) -> Vec<GrpcRouteMatch> {
     rule.matches
         .iter()
         .map(|m| GrpcRouteMatch {
-            rpc: m.method.as_ref().map(|method| GrpcRpcMatch {
-                service: method.get("service").and_then(|s| s.as_str()).unwrap_or_default().into(),
-                method: method.get("method").and_then(|s| s.as_str()).unwrap_or_default().into(),
-            }),
+            rpc: match &m.method {
+                Some(Method::Grpc(g)) => Some(GrpcRpcMatch {
+                    service: g.service.clone().unwrap_or_default(),
+                    method: g.method.clone().unwrap_or_default(),
+                }),
+                _ => None,
+            },
             headers: headers(&m.headers),
         })
         .collect()
 }
 
-fn headers(specs: &[HeaderSpec]) -> Vec<HeaderMatch> {
+fn headers(specs: &[spec::ValueMatch]) -> Vec<HeaderMatch> {
     specs
         .iter()
         .map(|h| HeaderMatch {
@@ -174,72 +136,174 @@ fn headers(specs: &[HeaderSpec]) -> Vec<HeaderMatch> {
         .collect()
 }
 
-pub(crate) fn http_routes(index: &Index, sp: &ServicePort) -> Vec<HttpRoute> {
+fn header_list(list: &[spec::Header]) -> Option<linkerd2_proxy_api::http_types::Headers> {
+    (!list.is_empty()).then(|| linkerd2_proxy_api::http_types::Headers {
+        headers: list
+            .iter()
+            .map(|h| headers::Header { name: h.name.clone(), value: h.value.clone().into_bytes() })
+            .collect(),
+    })
+}
+
+fn request_headers(m: &spec::HeaderModifier) -> RequestHeaderModifier {
+    RequestHeaderModifier { add: header_list(&m.add), set: header_list(&m.set), remove: m.remove.clone() }
+}
+
+fn path_modifier(p: &spec::PathModifier) -> Option<PathModifier> {
+    let replace = match p.kind.as_str() {
+        "ReplaceFullPath" => path_modifier::Replace::Full(p.replace_full_path.clone()?),
+        "ReplacePrefixMatch" => path_modifier::Replace::Prefix(p.replace_prefix_match.clone()?),
+        _ => return None,
+    };
+    Some(PathModifier { replace: Some(replace) })
+}
+
+fn rule_timeouts(rule: &RuleSpec) -> Timeouts {
+    let parse = |v: &Option<String>| v.as_deref().and_then(|v| parse_duration(v).ok());
+    let t = rule.timeouts.clone().unwrap_or_default();
+    Timeouts { request: parse(&t.request), response: parse(&t.backend_request), idle: None }
+}
+
+/// The rule's mirror filters as weft's mirrors.
+fn mirror(index: &Index, sp: &ServicePort, m: &spec::Mirror) -> Option<Mirror> {
+    let backend = backend_for(&target(sp, m.backend_ref.as_ref()?), &index.config().cluster_domain);
+    let (numerator, denominator) = m.ratio();
+    Some(Mirror {
+        backend: Some(backend),
+        ratio: Some(linkerd2_proxy_api::http_route::Ratio { numerator, denominator }),
+    })
+}
+
+fn http_rule(
+    index: &Index,
+    sp: &ServicePort,
+    rule: &RuleSpec,
+    at: usize,
+    rt: &RouteTraffic,
+) -> (http_route::Rule, RuleExtension) {
+    use http_route::filter::Kind as F;
+    let mut ext = rt.extension(at);
+    let backends = backends(index, sp, &rule.backend_refs);
+    let mut filters: Vec<http_route::Filter> = Vec::new();
+    if traffic::all_zero(&backends) {
+        filters.push(traffic::no_backends_http());
+    }
+    filters.extend(rt.http_abort());
+    for f in &rule.filters {
+        let kind = match f.kind.as_str() {
+            "RequestHeaderModifier" => {
+                f.request_header_modifier.as_ref().map(|m| F::RequestHeaderModifier(request_headers(m)))
+            }
+            "ResponseHeaderModifier" => f.response_header_modifier.as_ref().map(|m| {
+                F::ResponseHeaderModifier(ResponseHeaderModifier {
+                    add: header_list(&m.add),
+                    set: header_list(&m.set),
+                    remove: m.remove.clone(),
+                })
+            }),
+            "RequestRedirect" => f.request_redirect.as_ref().map(|r| {
+                F::Redirect(RequestRedirect {
+                    scheme: r.scheme.as_deref().map(Scheme::from),
+                    host: r.hostname.clone().unwrap_or_default(),
+                    path: r.path.as_ref().and_then(path_modifier),
+                    port: r.port.map_or(0, u32::from),
+                    status: r.status_code.map_or(302, u32::from),
+                })
+            }),
+            "URLRewrite" => {
+                ext.url_rewrite = f.url_rewrite.as_ref().map(|u| UrlRewrite {
+                    hostname: u.hostname.clone().unwrap_or_default(),
+                    path: u.path.as_ref().and_then(path_modifier),
+                });
+                None
+            }
+            "RequestMirror" => {
+                ext.mirrors.extend(f.request_mirror.as_ref().and_then(|m| mirror(index, sp, m)));
+                None
+            }
+            _ => None,
+        };
+        filters.extend(kind.map(|kind| http_route::Filter { kind: Some(kind) }));
+    }
+    let rule = http_route::Rule {
+        matches: http_matches(rule),
+        filters,
+        backends: Some(traffic::http_distribution(backends)),
+        timeouts: rt.timeouts(rule_timeouts(rule)),
+        retry: rt.http_retry(),
+        ..Default::default()
+    };
+    (rule, ext)
+}
+
+fn grpc_rule(
+    index: &Index,
+    sp: &ServicePort,
+    rule: &RuleSpec,
+    at: usize,
+    rt: &RouteTraffic,
+) -> (grpc_route::Rule, RuleExtension) {
+    let mut ext = rt.extension(at);
+    let backends = backends(index, sp, &rule.backend_refs);
+    let mut filters: Vec<grpc_route::Filter> = Vec::new();
+    if traffic::all_zero(&backends) {
+        filters.push(traffic::no_backends_grpc());
+    }
+    filters.extend(rt.grpc_abort());
+    for f in &rule.filters {
+        match f.kind.as_str() {
+            "RequestHeaderModifier" => {
+                filters.extend(f.request_header_modifier.as_ref().map(|m| grpc_route::Filter {
+                    kind: Some(grpc_route::filter::Kind::RequestHeaderModifier(request_headers(m))),
+                }))
+            }
+            "RequestMirror" => {
+                ext.mirrors.extend(f.request_mirror.as_ref().and_then(|m| mirror(index, sp, m)))
+            }
+            _ => {}
+        }
+    }
+    let rule = grpc_route::Rule {
+        matches: grpc_matches(rule),
+        filters,
+        backends: Some(traffic::grpc_distribution(backends)),
+        timeouts: rt.timeouts(rule_timeouts(rule)),
+        retry: rt.grpc_retry(),
+        ..Default::default()
+    };
+    (rule, ext)
+}
+
+/// The HTTPRoutes (Gateway API's, then Linkerd's) attached to the port.
+pub(crate) fn http_routes(index: &Index, sp: &ServicePort, svc: &ServiceTraffic) -> Listed<HttpRoute> {
     let gateway =
         attached(index, sp, Kind::GatewayHttpRoute).map(|(r, s)| (r, s, "gateway.networking.k8s.io"));
     let linkerd = attached(index, sp, Kind::PolicyHttpRoute).map(|(r, s)| (r, s, "policy.linkerd.io"));
-    gateway
-        .chain(linkerd)
-        .map(|(resource, spec, group)| HttpRoute {
-            metadata: Some(metadata(resource, group, "HTTPRoute")),
-            hosts: vec![],
-            rules: spec
-                .rules
-                .iter()
-                .map(|rule| http_route::Rule {
-                    matches: http_matches(rule),
-                    backends: Some(http_route::Distribution {
-                        kind: Some(http_route::distribution::Kind::RandomAvailable(
-                            http_route::distribution::RandomAvailable {
-                                backends: backends(index, sp, &rule.backend_refs)
-                                    .into_iter()
-                                    .map(|(backend, weight)| http_route::WeightedRouteBackend {
-                                        backend: Some(http_route::RouteBackend {
-                                            backend: Some(backend),
-                                            ..Default::default()
-                                        }),
-                                        weight,
-                                    })
-                                    .collect(),
-                            },
-                        )),
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
-        })
-        .collect()
+    let mut listed = Listed::default();
+    for (resource, spec, group) in gateway.chain(linkerd) {
+        let rt = svc.with_route(resource.metadata().annotations.as_ref());
+        let (rules, exts) =
+            spec.rules.iter().enumerate().map(|(i, rule)| http_rule(index, sp, rule, i, &rt)).unzip();
+        let route =
+            HttpRoute { metadata: Some(metadata(resource, group, "HTTPRoute")), hosts: vec![], rules };
+        listed.push(route, exts);
+    }
+    listed
 }
 
-pub(crate) fn grpc_routes(index: &Index, sp: &ServicePort) -> Vec<GrpcRoute> {
-    attached(index, sp, Kind::GatewayGrpcRoute)
-        .map(|(resource, spec)| GrpcRoute {
+/// The GRPCRoutes attached to the port.
+pub(crate) fn grpc_routes(index: &Index, sp: &ServicePort, svc: &ServiceTraffic) -> Listed<GrpcRoute> {
+    let mut listed = Listed::default();
+    for (resource, spec) in attached(index, sp, Kind::GatewayGrpcRoute) {
+        let rt = svc.with_route(resource.metadata().annotations.as_ref());
+        let (rules, exts) =
+            spec.rules.iter().enumerate().map(|(i, rule)| grpc_rule(index, sp, rule, i, &rt)).unzip();
+        let route = GrpcRoute {
             metadata: Some(metadata(resource, "gateway.networking.k8s.io", "GRPCRoute")),
             hosts: vec![],
-            rules: spec
-                .rules
-                .iter()
-                .map(|rule| grpc_route::Rule {
-                    matches: grpc_matches(rule),
-                    backends: Some(grpc_route::Distribution {
-                        kind: Some(grpc_route::distribution::Kind::RandomAvailable(
-                            grpc_route::distribution::RandomAvailable {
-                                backends: backends(index, sp, &rule.backend_refs)
-                                    .into_iter()
-                                    .map(|(backend, weight)| grpc_route::WeightedRouteBackend {
-                                        backend: Some(grpc_route::RouteBackend {
-                                            backend: Some(backend),
-                                            ..Default::default()
-                                        }),
-                                        weight,
-                                    })
-                                    .collect(),
-                            },
-                        )),
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
-        })
-        .collect()
+            rules,
+        };
+        listed.push(route, exts);
+    }
+    listed
 }

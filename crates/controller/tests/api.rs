@@ -174,3 +174,62 @@ spec:
     let weights: Vec<u32> = split.backends.iter().map(|b| b.weight).collect();
     assert_eq!(weights, [90, 10]);
 }
+
+/// weft-proxy's client reads weft's additions (field 1000) from `Watch`
+/// through the real server; a stock client reads the same policy without
+/// them.
+#[tokio::test]
+async fn a_weft_client_reads_the_extensions_from_watch() {
+    use linkerd2_proxy_api::outbound::proxy_protocol;
+    use weft_api::client::OutboundPoliciesClient as WeftClient;
+    let fx = start("extensions").await;
+    let route = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: web-faults
+  namespace: shop
+  annotations: { fault.weft.io/delay: 50ms, fault.weft.io/delay-percent: "20" }
+spec:
+  parentRefs: [{ kind: Service, name: web, port: 80 }]
+  rules:
+  - matches: [{ path: { type: PathPrefix, value: /api } }]
+    filters: [{ type: RequestMirror, requestMirror: { backendRef: { name: web-shadow, port: 80 }, percent: 5 } }]
+"#;
+    std::fs::write(fx.dir.join("route.yaml"), route).unwrap();
+    let spec = TrafficSpec {
+        source_workload: String::new(),
+        target: Some(traffic_spec::Target::Authority("web.shop.svc.cluster.local:80".into())),
+    };
+    let mut client = WeftClient::new(fx.channel.clone());
+    let mut watch = client.watch(spec.clone()).await.unwrap().into_inner();
+    // The directory is rescanned within a moment; wait for the route.
+    let policy = loop {
+        let policy = tokio::time::timeout(Duration::from_secs(5), watch.message())
+            .await
+            .expect("no policy with the route in 5s")
+            .unwrap()
+            .expect("the stream ended");
+        if policy.weft.is_some() {
+            break policy;
+        }
+    };
+    let ext = &policy.weft.clone().unwrap().rules[0];
+    assert_eq!((ext.route, ext.rule), (0, 0));
+    let delay = ext.delay.clone().unwrap();
+    assert_eq!(delay.duration, Some(prost_types::Duration { seconds: 0, nanos: 50_000_000 }));
+    let mirror = ext.mirrors[0].backend.clone().unwrap();
+    let Some(linkerd2_proxy_api::outbound::backend::Kind::Balancer(p2c)) = mirror.kind else { panic!() };
+    let Some(linkerd2_proxy_api::outbound::backend::endpoint_discovery::Kind::Dst(dst)) =
+        p2c.discovery.unwrap().kind
+    else {
+        panic!()
+    };
+    assert_eq!(dst.path, "web-shadow.shop.svc.cluster.local:80");
+    let Some(proxy_protocol::Kind::Detect(detect)) = policy.protocol.clone().unwrap().kind else { panic!() };
+    assert_eq!(detect.http1.unwrap().routes[0].rules.len(), 1);
+
+    // The stock client gets the same standard policy.
+    let stock = OutboundPoliciesClient::new(fx.channel.clone()).get(spec).await.unwrap().into_inner();
+    assert_eq!(stock, linkerd2_proxy_api::outbound::OutboundPolicy::from(policy));
+}

@@ -562,7 +562,8 @@ impl Listener {
             }
         };
         if let Err(error) = result {
-            tracing::debug!(direction = ?self.direction, %error, "HTTP connection closed with an error");
+            let source = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
+            tracing::debug!(direction = ?self.direction, %error, %source, "HTTP connection closed with an error");
         }
     }
 }

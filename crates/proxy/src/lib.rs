@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod policy;
 pub mod tap;
 pub mod tcp;
+pub mod traffic;
 
 pub use app::Proxy;
 pub use config::Config;

@@ -148,6 +148,8 @@ pub struct Metrics {
     http_authz_deny: Family<AuthzLabels, Counter>,
     tcp_authz_allow: Family<AuthzLabels, Counter>,
     tcp_authz_deny: Family<AuthzLabels, Counter>,
+    /// The outbound route series.
+    pub routes: crate::traffic::metrics::RouteFamilies,
 }
 
 /// The handles one connection records into.
@@ -237,7 +239,9 @@ impl Metrics {
             "Inbound connections (not HTTP) denied",
             tcp_authz_deny.clone(),
         );
+        let routes = crate::traffic::metrics::RouteFamilies::register(&mut registry);
         Arc::new(Self {
+            routes,
             http_authz_allow,
             http_authz_deny,
             tcp_authz_allow,

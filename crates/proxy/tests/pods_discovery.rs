@@ -4,140 +4,14 @@
 
 mod support;
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-use std::{
-    net::{Ipv4Addr, SocketAddr},
-    path::PathBuf,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
-    time::{Duration, Instant},
+use support::cluster::{Cluster, connect, counts, get, wait_until};
+
+use http::StatusCode;
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, AtomicUsize, Ordering},
 };
-use support::PROXY;
-use weft_test_support::{Net, Pod, ProxyProcess, apps, apps::HttpStats};
-
-const CONTROLLER: &str = "127.0.0.1:8086";
-
-/// Fields drop in order: proxies and controller first, then pods, then
-/// the network and the store directory.
-struct Cluster {
-    controller: Option<tokio::runtime::Runtime>,
-    _proxies: Vec<ProxyProcess>,
-    client: Pod,
-    servers: Vec<Pod>,
-    store: Store,
-    net: Net,
-}
-
-struct Store(PathBuf);
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-impl Cluster {
-    fn start(test: &str) -> Option<Cluster> {
-        let net = Net::for_test(test)?;
-        let client = net.pod("client");
-        let servers: Vec<Pod> = (1..=3).map(|i| net.pod(&format!("s{i}"))).collect();
-        let store = Store(std::env::temp_dir().join(format!("weft-store-{test}-{}", std::process::id())));
-        let _ = std::fs::remove_dir_all(&store.0);
-        std::fs::create_dir_all(&store.0).unwrap();
-        let svc = format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{ name: web, namespace: shop }}\nspec:\n  clusterIP: {}\n  selector: {{ app: web }}\n  ports: [{{ port: 80, targetPort: 8080 }}]\n",
-            net.address(200)
-        );
-        std::fs::write(store.0.join("svc.yaml"), svc).unwrap();
-        let mut cluster = Cluster { controller: None, _proxies: vec![], client, servers, store, net };
-        for i in 0..3 {
-            cluster.add_endpoint(i);
-        }
-        cluster.start_controller();
-        let mut proxies: Vec<ProxyProcess> =
-            cluster.servers.iter().map(|s| s.start_proxy(PROXY.as_ref(), &[])).collect();
-        let env = [
-            ("LINKERD2_PROXY_DESTINATION_SVC_ADDR", CONTROLLER),
-            ("LINKERD2_PROXY_POLICY_WORKLOAD", "shop:client"),
-        ];
-        proxies.push(cluster.client.start_proxy(PROXY.as_ref(), &env));
-        cluster._proxies = proxies;
-        Some(cluster)
-    }
-
-    fn service(&self) -> SocketAddr {
-        (self.net.address(200), 80).into()
-    }
-
-    fn add_endpoint(&self, i: usize) {
-        let ip: Ipv4Addr = self.servers[i].ip();
-        let pod = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{ name: web-{i}, namespace: shop, labels: {{ app: web }} }}\nstatus: {{ podIP: {ip} }}\n"
-        );
-        std::fs::write(self.store.0.join(format!("web-{i}.yaml")), pod).unwrap();
-    }
-
-    fn remove_endpoint(&self, i: usize) {
-        std::fs::remove_file(self.store.0.join(format!("web-{i}.yaml"))).unwrap();
-    }
-
-    /// The controller, in the client pod, as a runtime of its own: dropping
-    /// it closes every socket it had, as killing a process would.
-    fn start_controller(&mut self) {
-        let rt = self.client.new_runtime();
-        let dir = self.store.0.clone();
-        rt.block_on(rt.spawn(async move {
-            let index = Arc::new(Mutex::new(weft_store::Index::new(weft_store::Config::default())));
-            weft_store::DirSource::new(&dir).watch(index.clone()).unwrap();
-            let listener = tokio::net::TcpListener::bind(CONTROLLER).await.expect("binding the controller");
-            tokio::spawn(weft_controller::serve_grpc(listener, index, weft_controller::Metrics::new(), None));
-        }))
-        .unwrap();
-        self.controller = Some(rt);
-    }
-
-    fn kill_controller(&mut self) {
-        if let Some(rt) = self.controller.take() {
-            rt.shutdown_timeout(Duration::from_secs(5));
-        }
-    }
-
-    fn http_apps(&self) -> Vec<Arc<HttpStats>> {
-        self.servers
-            .iter()
-            .map(|s| {
-                let (stats, serve) = apps::http(s.listen(8080));
-                s.spawn(serve);
-                stats
-            })
-            .collect()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.kill_controller();
-    }
-}
-
-fn counts(stats: &[Arc<HttpStats>]) -> Vec<usize> {
-    stats.iter().map(|s| s.requests.load(Ordering::SeqCst)).collect()
-}
-
-/// Polls a condition that other processes make true (there is nothing to
-/// subscribe to across them).
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use weft_test_support::apps;
 
 #[test]
 fn grpc_calls_on_one_connection_spread_over_three_endpoints() {
@@ -148,7 +22,7 @@ fn grpc_calls_on_one_connection_spread_over_three_endpoints() {
         let (_, serve) = apps::grpc(server.listen(8080));
         server.spawn(serve);
     }
-    let dst = cluster.service();
+    let dst = cluster.service_addr();
     // Each server's proxy counts what reached it.
     let served = |cluster: &Cluster| -> Vec<f64> {
         cluster
@@ -210,7 +84,7 @@ fn a_slow_endpoint_gets_clearly_less_traffic() {
     let Some(cluster) = Cluster::start("a_slow_endpoint_gets_clearly_less_traffic") else { return };
     let stats = cluster.http_apps();
     stats[2].delay_ms.store(30, Ordering::Relaxed);
-    let dst = cluster.service();
+    let dst = cluster.service_addr();
     const REQUESTS: usize = 600;
     cluster.client.block_on(async move {
         let sent = Arc::new(AtomicUsize::new(0));
@@ -242,7 +116,7 @@ fn endpoint_changes_and_a_controller_restart_lose_no_request() {
         return;
     };
     let stats = cluster.http_apps();
-    let dst = cluster.service();
+    let dst = cluster.service_addr();
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(Mutex::new(Vec::new()));
@@ -317,34 +191,13 @@ fn endpoint_changes_and_a_controller_restart_lose_no_request() {
     );
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
-
-async fn connect(dst: SocketAddr) -> Sender {
-    let sock = tokio::net::TcpStream::connect(dst).await.unwrap();
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(sock)).await.unwrap();
-    tokio::spawn(conn);
-    send
-}
-
-async fn get(send: &mut Sender) -> Result<StatusCode, String> {
-    send.ready().await.map_err(|e| e.to_string())?;
-    let req = Request::get("/").header("host", "web.shop.svc.cluster.local").body(Empty::new()).unwrap();
-    let rsp = send.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = rsp.status();
-    let body = rsp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    if status != StatusCode::OK {
-        return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
-    }
-    Ok(status)
-}
-
 #[test]
 fn opaque_tcp_to_a_service_is_balanced_per_connection() {
     let Some(cluster) = Cluster::start("opaque_tcp_to_a_service_is_balanced_per_connection") else { return };
     for server in &cluster.servers {
         server.spawn(apps::tcp_echo(server.listen(8080)));
     }
-    let dst = cluster.service();
+    let dst = cluster.service_addr();
     let echoed = cluster.client.block_on(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut total = 0;

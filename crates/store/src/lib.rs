@@ -9,6 +9,7 @@ pub mod index;
 pub mod kube;
 pub mod policy;
 pub mod resource;
+pub mod traffic;
 
 pub use dir::{DirSource, SharedIndex};
 pub use endpoints::{Endpoint, EndpointSet, ServicePort, TlsId};

@@ -1,9 +1,10 @@
 //! Linkerd's authorization resources (`policy.linkerd.io`), typed: Server,
 //! ServerAuthorization, AuthorizationPolicy, MeshTLSAuthentication and
 //! NetworkAuthentication, with the checks that make a bad one a clear
-//! rejection instead of a broken port policy.
+//! rejection instead of a broken port policy; and the entry to the traffic
+//! kinds' checks (`crate::traffic`).
 
-use crate::{Kind, Resource};
+use crate::{Kind, Resource, traffic};
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -304,12 +305,12 @@ pub(crate) fn validate(resource: &Resource) -> Result<(), String> {
             Ok(())
         }
         Kind::PolicyHttpRoute | Kind::GatewayHttpRoute | Kind::GatewayGrpcRoute => {
-            let rules = r.spec.get("rules").and_then(|v| v.as_array());
-            if rules.is_none_or(|r| r.is_empty()) {
-                return Err("a route needs at least one rule".into());
-            }
-            Ok(())
+            let s: traffic::RouteSpec = spec(&r.spec)?;
+            traffic::validate_route(&s, r.kind == Kind::GatewayGrpcRoute)?;
+            traffic::annotations::validate(r.metadata.annotations.as_ref(), true)
         }
+        Kind::ServiceProfile => spec::<traffic::ServiceProfileSpec>(&r.spec)?.validate(),
+        Kind::TrafficSplit => spec::<traffic::TrafficSplitSpec>(&r.spec)?.validate(),
         _ => Ok(()),
     }
 }

@@ -289,7 +289,9 @@ impl Resource {
                         return Err(format!("port {} is not between 1 and 65535", port.port));
                     }
                 }
-                Ok(())
+                // Retry, timeout and failure-accrual annotations apply to
+                // every route of the service.
+                crate::traffic::annotations::validate(svc.metadata.annotations.as_ref(), false)
             }
             Resource::ExternalWorkload(ew) => {
                 for ip in ew.spec.workload_ips.iter().flatten() {

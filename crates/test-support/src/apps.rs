@@ -34,6 +34,19 @@ pub struct HttpStats {
     pub slow_arrived: Notify,
     /// Added to every answer, in milliseconds (a slow endpoint).
     pub delay_ms: std::sync::atomic::AtomicU64,
+    /// This share of requests (in percent) is answered 500, spread evenly
+    /// (never two in a row below 50%).
+    pub fail_percent: std::sync::atomic::AtomicU64,
+    /// Requests answered 500 on purpose.
+    pub failed: AtomicUsize,
+}
+
+impl HttpStats {
+    /// Whether request number `n` fails, for a failing share of `percent`.
+    fn fails(&self, n: usize) -> bool {
+        let percent = self.fail_percent.load(Ordering::Relaxed) as usize;
+        percent >= 100 || (percent > 0 && (n * percent) % 100 < percent)
+    }
 }
 
 /// Serves HTTP/1 and HTTP/2 (prior knowledge) on `listener`:
@@ -41,6 +54,7 @@ pub struct HttpStats {
 /// - `/upload`: reads the whole body and answers with its length
 /// - `/headers`: answers with the request's headers, one per line
 /// - `/slow`: answers only once [`HttpStats::release`] is notified
+/// - `/status/N`: answers with status N
 /// - `CONNECT`: a tunnel that echoes
 /// - anything else: `hello`
 pub fn http(listener: TcpListener) -> (Arc<HttpStats>, impl Future<Output = ()>) {
@@ -65,10 +79,21 @@ pub fn http(listener: TcpListener) -> (Arc<HttpStats>, impl Future<Output = ()>)
 }
 
 async fn handle(stats: Arc<HttpStats>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    stats.requests.fetch_add(1, Ordering::SeqCst);
+    let n = stats.requests.fetch_add(1, Ordering::SeqCst);
     let delay = stats.delay_ms.load(Ordering::Relaxed);
     if delay > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
+    if stats.fails(n) {
+        stats.failed.fetch_add(1, Ordering::SeqCst);
+        let rsp = Response::builder()
+            .status(StatusCode::INTERNAL_SERVER_ERROR)
+            .body(Full::from("failing on purpose"));
+        return Ok(rsp.unwrap());
+    }
+    if let Some(status) = req.uri().path().strip_prefix("/status/").and_then(|s| s.parse::<u16>().ok()) {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+        return Ok(Response::builder().status(status).body(Full::default()).unwrap());
     }
     if req.method() == http::Method::CONNECT {
         // A forward proxy's tunnel: answer 200, then echo what comes.
@@ -135,6 +160,58 @@ pub fn grpc(listener: TcpListener) -> (tonic_health::server::HealthReporter, imp
         }
     };
     (reporter, serve)
+}
+
+/// A gRPC server that answers every unary call (whatever its method) with
+/// `grpc.health.v1.HealthCheckResponse { status: SERVING }`, except a share
+/// of calls (`HttpStats::fail_percent`, spread as for HTTP) that fail with
+/// `UNAVAILABLE` in a trailers-only response.
+pub fn grpc_flaky(listener: TcpListener) -> (Arc<HttpStats>, impl Future<Output = ()>) {
+    use http_body_util::StreamBody;
+    let stats = Arc::new(HttpStats::default());
+    let serve = {
+        let stats = stats.clone();
+        async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else { continue };
+                let stats = stats.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let stats = stats.clone();
+                        async move {
+                            let n = stats.requests.fetch_add(1, Ordering::SeqCst);
+                            let _ = req.into_body().collect().await;
+                            type Frames = Vec<Result<http_body::Frame<Bytes>, Infallible>>;
+                            let rsp = Response::builder().header("content-type", "application/grpc");
+                            let rsp = if stats.fails(n) {
+                                stats.failed.fetch_add(1, Ordering::SeqCst);
+                                let frames: Frames = vec![];
+                                rsp.header("grpc-status", "14")
+                                    .header("grpc-message", "failing on purpose")
+                                    .body(StreamBody::new(futures_util::stream::iter(frames)))
+                            } else {
+                                let mut trailers = http::HeaderMap::new();
+                                trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                                // One message: status = SERVING (field 1, varint 1).
+                                let message = Bytes::from_static(&[0, 0, 0, 0, 2, 0x08, 0x01]);
+                                let frames: Frames = vec![
+                                    Ok(http_body::Frame::data(message)),
+                                    Ok(http_body::Frame::trailers(trailers)),
+                                ];
+                                rsp.body(StreamBody::new(futures_util::stream::iter(frames)))
+                            };
+                            Ok::<_, Infallible>(rsp.unwrap())
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .http2_only()
+                        .serve_connection(TokioIo::new(sock), svc)
+                        .await;
+                });
+            }
+        }
+    };
+    (stats, serve)
 }
 
 /// Echoes every WebSocket message back.

@@ -9,11 +9,12 @@
 //! task and a channel hop per request; this picks from a shared list with
 //! an uncontended lock per endpoint.
 
+use crate::traffic::accrual::{self, Consecutive, RouteAccrual, Standing};
 use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -39,6 +40,8 @@ pub struct Endpoint {
     pub meta: EndpointMeta,
     pending: AtomicUsize,
     ewma: Mutex<Ewma>,
+    /// Its standing under the service's failure accrual.
+    accrual: Mutex<accrual::State>,
 }
 
 struct Ewma {
@@ -55,6 +58,19 @@ pub struct Balancer {
     endpoints: watch::Sender<Arc<[Arc<Endpoint>]>>,
     default_rtt: Duration,
     decay: Duration,
+    /// The service's failure accrual, if its policy has one.
+    accrual: Mutex<Option<Arc<Consecutive>>>,
+    /// Whether `accrual` is set: picks skip its lock when not.
+    accrual_on: AtomicBool,
+}
+
+/// What a pick found.
+pub enum Pick {
+    Endpoint(InFlight),
+    /// The service has no endpoints.
+    Empty,
+    /// Every endpoint is ejected for failing (the circuit is open).
+    AllFailing,
 }
 
 /// Counts a request as in flight at its endpoint until dropped, and
@@ -63,6 +79,7 @@ pub struct InFlight {
     endpoint: Arc<Endpoint>,
     started: Instant,
     decay: Duration,
+    accrual: Option<Arc<Consecutive>>,
 }
 
 // === impl Balancer ===
@@ -70,7 +87,24 @@ pub struct InFlight {
 impl Balancer {
     pub fn new(default_rtt: Duration, decay: Duration) -> Self {
         let (endpoints, _) = watch::channel(Arc::from(Vec::new()));
-        Self { endpoints, default_rtt, decay }
+        Self { endpoints, default_rtt, decay, accrual: Mutex::new(None), accrual_on: AtomicBool::new(false) }
+    }
+
+    /// Sets (or clears) the service's failure accrual; endpoints keep
+    /// their standing.
+    pub fn set_accrual(&self, policy: Option<Consecutive>) {
+        let mut current = self.accrual.lock().expect("accrual lock");
+        if current.as_deref() != policy.as_ref() {
+            self.accrual_on.store(policy.is_some(), Ordering::Relaxed);
+            *current = policy.map(Arc::new);
+        }
+    }
+
+    fn accrual(&self) -> Option<Arc<Consecutive>> {
+        if !self.accrual_on.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.accrual.lock().expect("accrual lock").clone()
     }
 
     /// Replaces the endpoint set; endpoints that stay keep their state, and
@@ -86,6 +120,7 @@ impl Balancer {
                     meta,
                     pending: AtomicUsize::new(0),
                     ewma: Mutex::new(Ewma { estimate: self.default_rtt.as_nanos() as f64, updated: None }),
+                    accrual: Mutex::new(accrual::State::default()),
                 }),
             })
             .collect();
@@ -102,9 +137,62 @@ impl Balancer {
 
     /// Picks an endpoint now, if there is one.
     pub fn pick(&self) -> Option<InFlight> {
+        match self.pick_for(None) {
+            Pick::Endpoint(p) => Some(p),
+            Pick::Empty | Pick::AllFailing => None,
+        }
+    }
+
+    /// Picks an endpoint that neither the service's failure accrual nor
+    /// `route`'s has ejected. An endpoint whose penalty is over gets the
+    /// one request that probes it.
+    pub fn pick_for(&self, route: Option<&RouteAccrual>) -> Pick {
         let endpoints = self.endpoints.borrow().clone();
-        let endpoint = match endpoints.len() {
-            0 => return None,
+        if endpoints.is_empty() {
+            return Pick::Empty;
+        }
+        let policy = self.accrual();
+        if policy.is_none() && route.is_none() {
+            return Pick::Endpoint(self.in_flight(self.p2c(&endpoints), None));
+        }
+        let now = Instant::now();
+        let standing = |e: &Endpoint| {
+            let own = match policy {
+                Some(_) => e.accrual.lock().map(|s| s.standing(now)).unwrap_or(Standing::In),
+                None => Standing::In,
+            };
+            let scoped = route.map_or(Standing::In, |r| r.standing(e.addr, now));
+            worst(own, scoped)
+        };
+        let mut probe = None;
+        let mut candidates = Vec::with_capacity(endpoints.len());
+        for e in endpoints.iter() {
+            match standing(e) {
+                Standing::In => candidates.push(e.clone()),
+                Standing::Probe if probe.is_none() => probe = Some(e.clone()),
+                _ => {}
+            }
+        }
+        let endpoint = match probe {
+            Some(e) => {
+                if policy.is_some() {
+                    if let Ok(mut s) = e.accrual.lock() {
+                        s.claim(now);
+                    }
+                }
+                if let Some(r) = route {
+                    r.claim(e.addr, now);
+                }
+                e
+            }
+            None if candidates.is_empty() => return Pick::AllFailing,
+            None => self.p2c(&candidates),
+        };
+        Pick::Endpoint(self.in_flight(endpoint, policy))
+    }
+
+    fn p2c(&self, endpoints: &[Arc<Endpoint>]) -> Arc<Endpoint> {
+        match endpoints.len() {
             1 => endpoints[0].clone(),
             n => {
                 let a = fastrand(n);
@@ -115,21 +203,33 @@ impl Balancer {
                 let (ea, eb) = (&endpoints[a], &endpoints[b]);
                 if self.cost(ea) <= self.cost(eb) { ea.clone() } else { eb.clone() }
             }
-        };
+        }
+    }
+
+    fn in_flight(&self, endpoint: Arc<Endpoint>, accrual: Option<Arc<Consecutive>>) -> InFlight {
         endpoint.pending.fetch_add(1, Ordering::Relaxed);
-        Some(InFlight { endpoint, started: Instant::now(), decay: self.decay })
+        InFlight { endpoint, started: Instant::now(), decay: self.decay, accrual }
     }
 
     /// Picks an endpoint, waiting up to `timeout` for the set to be
     /// non-empty (a service scaled to zero, or discovery still coming).
     pub async fn pick_within(&self, timeout: Duration) -> Option<InFlight> {
-        if let Some(picked) = self.pick() {
-            return Some(picked);
+        match self.pick_within_for(timeout, None).await {
+            Pick::Endpoint(p) => Some(p),
+            Pick::Empty | Pick::AllFailing => None,
+        }
+    }
+
+    /// As `pick_for`, waiting up to `timeout` for endpoints to exist.
+    pub async fn pick_within_for(&self, timeout: Duration, route: Option<&RouteAccrual>) -> Pick {
+        match self.pick_for(route) {
+            Pick::Empty => {}
+            found => return found,
         }
         let mut rx = self.endpoints.subscribe();
         let wait = rx.wait_for(|eps| !eps.is_empty());
         let _ = tokio::time::timeout(timeout, wait).await;
-        self.pick()
+        self.pick_for(route)
     }
 
     fn cost(&self, endpoint: &Endpoint) -> f64 {
@@ -186,6 +286,32 @@ impl InFlight {
             ewma.observe(self.started.elapsed(), self.decay);
         }
     }
+
+    /// Feeds the outcome to the service's failure accrual and to `route`'s;
+    /// returns whether the endpoint was ejected.
+    pub fn record(&self, success: bool, route: Option<&RouteAccrual>) -> bool {
+        let mut ejected = false;
+        if let Some(policy) = &self.accrual {
+            if let Ok(mut state) = self.endpoint.accrual.lock() {
+                ejected |= state.record(success, policy);
+            }
+        }
+        if let Some(route) = route {
+            ejected |= route.record(self.endpoint.addr, success);
+        }
+        if ejected {
+            tracing::info!(endpoint = %self.endpoint.addr, "endpoint ejected after consecutive failures");
+        }
+        ejected
+    }
+}
+
+fn worst(a: Standing, b: Standing) -> Standing {
+    match (a, b) {
+        (Standing::Out, _) | (_, Standing::Out) => Standing::Out,
+        (Standing::Probe, _) | (_, Standing::Probe) => Standing::Probe,
+        _ => Standing::In,
+    }
 }
 
 impl Drop for InFlight {
@@ -196,7 +322,7 @@ impl Drop for InFlight {
 
 /// A random index below `n`: xorshift seeded per thread, enough to draw
 /// two endpoints (no cryptographic need).
-fn fastrand(n: usize) -> usize {
+pub(crate) fn fastrand(n: usize) -> usize {
     use std::cell::Cell;
     thread_local! {
         static STATE: Cell<u64> = Cell::new({

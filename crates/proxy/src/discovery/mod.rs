@@ -9,13 +9,13 @@
 //! for is forwarded to its original destination.
 
 pub mod balance;
-mod proto;
+pub(crate) mod proto;
 
 use self::balance::Balancer;
 use crate::control::{self, Backoff, ControlTls};
 use linkerd2_proxy_api::{
     destination::{GetDestination, destination_client::DestinationClient, update},
-    outbound::{TrafficSpec, outbound_policies_client::OutboundPoliciesClient, traffic_spec},
+    outbound::{TrafficSpec, traffic_spec},
 };
 use std::{
     collections::{BTreeMap, HashMap},
@@ -25,6 +25,7 @@ use std::{
 };
 use tokio::sync::watch;
 use tonic::transport::Channel;
+use weft_api::client::OutboundPoliciesClient;
 
 /// How long a new connection waits for the controller's first answer about
 /// its target before going to the original destination.
@@ -69,6 +70,8 @@ pub struct ServiceRoute {
     pub balancer: Arc<Balancer>,
     /// How long a request may wait for an endpoint before failing.
     pub failfast: Duration,
+    /// HTTP and gRPC routes; `None` for opaque services.
+    pub router: Option<crate::traffic::Router>,
 }
 
 /// What a policy says, before it is bound to a balancer.
@@ -146,8 +149,8 @@ impl Discovery {
                         match stream.message().await {
                             Ok(Some(policy)) => {
                                 backoff.reset();
-                                let resolution = match proto::policy_spec(policy) {
-                                    Ok(spec) => Resolution::Service(self.route(spec)),
+                                let resolution = match self.route(&policy) {
+                                    Ok(route) => Resolution::Service(route),
                                     Err(error) => {
                                         tracing::warn!(?key, %error, "unusable outbound policy; forwarding");
                                         Resolution::Forward
@@ -184,21 +187,37 @@ impl Discovery {
     }
 
     /// The route for a policy, sharing one balancer per discovery name.
-    fn route(self: &Arc<Self>, spec: PolicySpec) -> Arc<ServiceRoute> {
-        let balancer = {
-            let mut balancers = self.balancers.lock().expect("balancers lock");
-            balancers.retain(|_, b| b.strong_count() > 0);
-            match balancers.get(&spec.name).and_then(Weak::upgrade) {
-                Some(b) => b,
-                None => {
-                    let b = Arc::new(Balancer::new(spec.default_rtt, spec.decay));
-                    balancers.insert(spec.name.clone(), Arc::downgrade(&b));
-                    tokio::spawn(self.clone().endpoints_loop(spec.name.clone(), Arc::downgrade(&b)));
-                    b
-                }
+    fn route(
+        self: &Arc<Self>,
+        policy: &weft_api::OutboundPolicy,
+    ) -> Result<Arc<ServiceRoute>, proto::InvalidPolicy> {
+        let spec = proto::policy_spec(policy)?;
+        let mut bind =
+            |b: &crate::traffic::proto::BackendSpec| self.balancer(&b.name, b.default_rtt, b.decay);
+        let router = crate::traffic::proto::router(policy, &mut bind)?;
+        let balancer = self.balancer(&spec.name, spec.default_rtt, spec.decay);
+        Ok(Arc::new(ServiceRoute {
+            name: spec.name,
+            opaque: spec.opaque,
+            balancer,
+            failfast: spec.failfast,
+            router,
+        }))
+    }
+
+    /// The balancer for a discovery name, made (and fed) on first use.
+    fn balancer(self: &Arc<Self>, name: &str, default_rtt: Duration, decay: Duration) -> Arc<Balancer> {
+        let mut balancers = self.balancers.lock().expect("balancers lock");
+        balancers.retain(|_, b| b.strong_count() > 0);
+        match balancers.get(name).and_then(Weak::upgrade) {
+            Some(b) => b,
+            None => {
+                let b = Arc::new(Balancer::new(default_rtt, decay));
+                balancers.insert(name.to_string(), Arc::downgrade(&b));
+                tokio::spawn(self.clone().endpoints_loop(name.to_string(), Arc::downgrade(&b)));
+                b
             }
-        };
-        Arc::new(ServiceRoute { name: spec.name, opaque: spec.opaque, balancer, failfast: spec.failfast })
+        }
     }
 
     /// Keeps a balancer's endpoints current until no one uses it.

@@ -4,9 +4,9 @@
 use super::{PolicySpec, balance::EndpointMeta};
 use linkerd2_proxy_api::{
     destination::{WeightedAddrSet, protocol_hint, tls_identity},
-    outbound::{Backend, OutboundPolicy, backend, http_route, opaque_route, proxy_protocol},
+    outbound::proxy_protocol,
 };
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum InvalidPolicy {
@@ -18,84 +18,23 @@ pub enum InvalidPolicy {
     NotABalancer,
     #[error("{0} is not a duration")]
     Duration(&'static str),
+    #[error("the policy's {0} is malformed")]
+    Field(&'static str),
 }
 
-const DEFAULT_FAILFAST: Duration = Duration::from_secs(3);
-const DEFAULT_RTT: Duration = Duration::from_millis(30);
-const DEFAULT_DECAY: Duration = Duration::from_secs(10);
-
-/// The first backend of the first route: weft routes every request of a
-/// service to it until traffic management (routes, splits) arrives.
-pub(crate) fn policy_spec(policy: OutboundPolicy) -> Result<PolicySpec, InvalidPolicy> {
-    let kind = policy.protocol.and_then(|p| p.kind).ok_or(InvalidPolicy::NoProtocol)?;
-    let (opaque, backend) = match kind {
-        proxy_protocol::Kind::Opaque(o) => (true, opaque_backend(&o)),
-        proxy_protocol::Kind::Detect(d) => {
-            let http = d.http1.map(|h| h.routes).or(d.http2.map(|h| h.routes)).unwrap_or_default();
-            (false, http.iter().find_map(http_backend).or_else(|| d.opaque.as_ref().and_then(opaque_backend)))
-        }
-        proxy_protocol::Kind::Http1(h) => (false, h.routes.iter().find_map(http_backend)),
-        proxy_protocol::Kind::Http2(h) => (false, h.routes.iter().find_map(http_backend)),
-        proxy_protocol::Kind::Grpc(g) => (
-            false,
-            g.routes.iter().flat_map(|r| &r.rules).find_map(|rule| {
-                use linkerd2_proxy_api::outbound::grpc_route::distribution::Kind;
-                match rule.backends.as_ref()?.kind.as_ref()? {
-                    Kind::FirstAvailable(fa) => fa.backends.first()?.backend.clone(),
-                    Kind::RandomAvailable(ra) => ra.backends.first()?.backend.as_ref()?.backend.clone(),
-                    Kind::Empty(_) => None,
-                }
-            }),
-        ),
-        proxy_protocol::Kind::Tls(_) => (true, None),
-    };
-    let backend = backend.ok_or(InvalidPolicy::NoBackend)?;
-    let failfast = match backend.queue.as_ref().and_then(|q| q.failfast_timeout) {
-        Some(d) => Duration::try_from(d).map_err(|_| InvalidPolicy::Duration("failfast_timeout"))?,
-        None => DEFAULT_FAILFAST,
-    };
-    let Some(backend::Kind::Balancer(p2c)) = backend.kind else { return Err(InvalidPolicy::NotABalancer) };
-    let Some(backend::endpoint_discovery::Kind::Dst(dst)) = p2c.discovery.and_then(|d| d.kind) else {
-        return Err(InvalidPolicy::NotABalancer);
-    };
-    let (default_rtt, decay) = match p2c.load {
-        Some(backend::balance_p2c::Load::PeakEwma(e)) => (
-            e.default_rtt
-                .map(Duration::try_from)
-                .transpose()
-                .map_err(|_| InvalidPolicy::Duration("default_rtt"))?,
-            e.decay.map(Duration::try_from).transpose().map_err(|_| InvalidPolicy::Duration("decay"))?,
-        ),
-        _ => (None, None),
-    };
+/// What a policy says about connections balanced as TCP: the first
+/// backend of the first route (opaque routes have one).
+pub(crate) fn policy_spec(policy: &weft_api::OutboundPolicy) -> Result<PolicySpec, InvalidPolicy> {
+    let kind = policy.protocol.as_ref().and_then(|p| p.kind.as_ref()).ok_or(InvalidPolicy::NoProtocol)?;
+    let opaque = matches!(kind, proxy_protocol::Kind::Opaque(_) | proxy_protocol::Kind::Tls(_));
+    let backend = crate::traffic::proto::first_backend(policy).ok_or(InvalidPolicy::NoBackend)?;
+    let spec = crate::traffic::proto::backend_spec(&backend)?;
     Ok(PolicySpec {
-        name: dst.path,
+        name: spec.name,
         opaque,
-        failfast,
-        default_rtt: default_rtt.unwrap_or(DEFAULT_RTT),
-        decay: decay.unwrap_or(DEFAULT_DECAY),
-    })
-}
-
-fn http_backend(route: &linkerd2_proxy_api::outbound::HttpRoute) -> Option<Backend> {
-    route.rules.iter().find_map(|rule| match rule.backends.as_ref()?.kind.as_ref()? {
-        http_route::distribution::Kind::FirstAvailable(fa) => fa.backends.first()?.backend.clone(),
-        http_route::distribution::Kind::RandomAvailable(ra) => {
-            ra.backends.first()?.backend.as_ref()?.backend.clone()
-        }
-        http_route::distribution::Kind::Empty(_) => None,
-    })
-}
-
-fn opaque_backend(opaque: &proxy_protocol::Opaque) -> Option<Backend> {
-    opaque.routes.iter().flat_map(|r| &r.rules).find_map(|rule| {
-        match rule.backends.as_ref()?.kind.as_ref()? {
-            opaque_route::distribution::Kind::FirstAvailable(fa) => fa.backends.first()?.backend.clone(),
-            opaque_route::distribution::Kind::RandomAvailable(ra) => {
-                ra.backends.first()?.backend.as_ref()?.backend.clone()
-            }
-            opaque_route::distribution::Kind::Empty(_) => None,
-        }
+        failfast: spec.failfast,
+        default_rtt: spec.default_rtt,
+        decay: spec.decay,
     })
 }
 
@@ -130,20 +69,26 @@ pub(crate) fn endpoints(set: WeightedAddrSet) -> Vec<(SocketAddr, EndpointMeta)>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use weft_store::ServicePort;
 
     #[test]
     fn reads_the_controllers_default_policy() {
         let sp = ServicePort { namespace: "shop".into(), name: "web".into(), port: 80 };
-        let spec =
-            policy_spec(weft_controller::outbound::default_policy(&sp, "cluster.local", false)).unwrap();
+        let policy = |opaque| {
+            weft_api::OutboundPolicy::from(weft_controller::outbound::default_policy(
+                &sp,
+                "cluster.local",
+                opaque,
+            ))
+        };
+        let spec = policy_spec(&policy(false)).unwrap();
         assert_eq!(spec.name, "web.shop.svc.cluster.local:80");
         assert!(!spec.opaque);
         assert_eq!(spec.failfast, Duration::from_secs(3));
         assert_eq!((spec.default_rtt, spec.decay), (Duration::from_millis(30), Duration::from_secs(10)));
-        let opaque =
-            policy_spec(weft_controller::outbound::default_policy(&sp, "cluster.local", true)).unwrap();
+        let opaque = policy_spec(&policy(true)).unwrap();
         assert!(opaque.opaque);
-        assert_eq!(policy_spec(OutboundPolicy::default()), Err(InvalidPolicy::NoProtocol));
+        assert_eq!(policy_spec(&weft_api::OutboundPolicy::default()), Err(InvalidPolicy::NoProtocol));
     }
 }

@@ -9,6 +9,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::{
     pin::Pin,
+    sync::{Arc, Mutex},
     task::{Context, Poll},
 };
 
@@ -26,13 +27,27 @@ pub struct Recorder {
     /// The taps that took the request, told when the response ends.
     tapped: Option<crate::tap::Tapped>,
     bytes: u64,
+    /// A routed request: its route series, recorded when the response ends.
+    route_end: Option<RouteEnd>,
+}
+
+/// What the route series need when a routed request's response ends.
+pub struct RouteEnd {
+    pub series: Arc<crate::traffic::metrics::RuleSeries>,
+    pub started: std::time::Instant,
+    pub attempts: u32,
 }
 
 impl Recorder {
     pub fn new(route: RouteMetrics, status: u16, grpc: bool, headers: &HeaderMap) -> Self {
         // A trailers-only gRPC response carries its status in the headers.
         let grpc_status = if grpc { grpc_status(headers) } else { None };
-        Self { route, status, grpc, grpc_status, tapped: None, bytes: 0 }
+        Self { route, status, grpc, grpc_status, tapped: None, bytes: 0, route_end: None }
+    }
+
+    pub fn routed(mut self, end: RouteEnd) -> Self {
+        self.route_end = Some(end);
+        self
     }
 
     pub fn tapped(mut self, tapped: Option<crate::tap::Tapped>) -> Self {
@@ -46,13 +61,18 @@ impl Recorder {
             (_, status) => status,
         };
         self.route.response_end(self.status, grpc_status, error);
+        if let Some(end) = &self.route_end {
+            let status = if self.grpc { grpc_status.map(|s| s as u16) } else { Some(self.status) };
+            let error = error.map(|_| "UNEXPECTED");
+            end.series.request(status, error, end.started.elapsed(), end.attempts);
+        }
         if let Some(tapped) = &self.tapped {
             tapped.end(self.bytes, grpc_status, error.is_some());
         }
     }
 }
 
-fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<u32> {
     headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
@@ -118,6 +138,231 @@ impl Drop for ObservedBody {
             // before its end was cut off (the client went away).
             let error = (!self.inner.is_end_stream()).then_some("stream_reset");
             rec.finish(error);
+        }
+    }
+}
+
+/// A request body as the proxy sends it upstream: the client's stream as
+/// it comes, nothing, or a body that can be sent again (retries, mirrors).
+pub enum RequestBody {
+    Stream(Incoming),
+    Empty,
+    Replay(Replay),
+}
+
+impl RequestBody {
+    /// The client's body; `replay_limit` makes it replayable while it is
+    /// no longer than that.
+    pub fn new(body: Incoming, replay_limit: Option<usize>) -> Self {
+        if body.is_end_stream() {
+            return RequestBody::Empty;
+        }
+        match replay_limit {
+            Some(limit) => RequestBody::Replay(Replay::new(body, limit)),
+            None => RequestBody::Stream(body),
+        }
+    }
+
+    /// A copy to send: an empty body, or (for a replayable body) a copy
+    /// that replays what was read so far and reads on where the last copy
+    /// stopped, as long as nothing overflowed the limit and no other copy
+    /// is still reading. A streamed body gives no copies; it is sent by
+    /// taking it.
+    pub fn try_clone(&self) -> Option<RequestBody> {
+        match self {
+            RequestBody::Empty => Some(RequestBody::Empty),
+            RequestBody::Stream(_) => None,
+            RequestBody::Replay(r) => r.try_clone().map(RequestBody::Replay),
+        }
+    }
+}
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Stream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Replay(r) => r.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Stream(b) => b.is_end_stream(),
+            RequestBody::Empty => true,
+            RequestBody::Replay(r) => r.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Stream(b) => b.size_hint(),
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Replay(r) => r.size_hint(),
+        }
+    }
+}
+
+/// A body streamed to the first attempt while a copy is kept (up to a
+/// limit), so a retry can send it again: what the first attempt read is
+/// replayed, and the rest is read from the client where it left off.
+///
+/// Written here because neither hyper nor http-body-util has a replayable
+/// body; Linkerd's proxy has its own for the same reason.
+pub struct Replay {
+    shared: Arc<Mutex<Shared>>,
+    /// The next buffered frame this copy sends.
+    pos: usize,
+    /// The client's stream, while this copy is the one reading it.
+    inner: Option<Incoming>,
+    trailers_sent: bool,
+    size_hint: SizeHint,
+}
+
+struct Shared {
+    frames: Vec<Bytes>,
+    len: usize,
+    limit: usize,
+    /// More than `limit` was read: nothing can be replayed.
+    overflow: bool,
+    /// The client's stream when no copy is reading it.
+    inner: Option<Incoming>,
+    trailers: Option<HeaderMap>,
+    ended: bool,
+}
+
+impl Replay {
+    fn new(body: Incoming, limit: usize) -> Self {
+        let size_hint = body.size_hint();
+        let overflow = size_hint.lower() > limit as u64;
+        let shared = Shared {
+            frames: Vec::new(),
+            len: 0,
+            limit,
+            overflow,
+            inner: Some(body),
+            trailers: None,
+            ended: false,
+        };
+        // This one is the template copies are made from; it is never sent.
+        Self { shared: Arc::new(Mutex::new(shared)), pos: 0, inner: None, trailers_sent: false, size_hint }
+    }
+
+    fn try_clone(&self) -> Option<Self> {
+        let shared = self.shared.lock().ok()?;
+        // The first copy may not have been dropped yet (hyper lets go of a
+        // request body on its own time): then it cannot be replayed.
+        let available = shared.ended || shared.inner.is_some();
+        if shared.overflow || !available {
+            return None;
+        }
+        drop(shared);
+        let inner = None;
+        Some(Self {
+            shared: self.shared.clone(),
+            pos: 0,
+            inner,
+            trailers_sent: false,
+            size_hint: self.size_hint,
+        })
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut shared = self.shared.lock().expect("replay lock");
+        if !shared.overflow && self.pos < shared.frames.len() {
+            self.pos += 1;
+            return Poll::Ready(Some(Ok(Frame::data(shared.frames[self.pos - 1].clone()))));
+        }
+        if shared.ended {
+            if !self.trailers_sent {
+                self.trailers_sent = true;
+                if let Some(t) = shared.trailers.clone() {
+                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                }
+            }
+            return Poll::Ready(None);
+        }
+        if self.inner.is_none() {
+            self.inner = shared.inner.take();
+        }
+        let Some(inner) = self.inner.as_mut() else {
+            // Another copy is reading the stream: this one cannot go on
+            // (never a truncated body).
+            return Poll::Ready(Some(Err("the request body is being sent by another attempt".into())));
+        };
+        loop {
+            let frame = std::task::ready!(Pin::new(&mut *inner).poll_frame(cx));
+            match &frame {
+                Some(Ok(f)) => {
+                    if let Some(data) = f.data_ref() {
+                        if inner.is_end_stream() {
+                            shared.ended = true;
+                            self.trailers_sent = true;
+                        }
+                        // An empty chunk (an END_STREAM frame, say) is not
+                        // passed on: sent as a frame of its own, peers
+                        // count it as abuse.
+                        if data.is_empty() {
+                            if shared.ended {
+                                return Poll::Ready(None);
+                            }
+                            continue;
+                        }
+                        if !shared.overflow {
+                            shared.len += data.len();
+                            if shared.len > shared.limit {
+                                shared.overflow = true;
+                                shared.frames = Vec::new();
+                            } else {
+                                shared.frames.push(data.clone());
+                                self.pos = shared.frames.len();
+                            }
+                        }
+                    } else if let Some(t) = f.trailers_ref() {
+                        shared.trailers = Some(t.clone());
+                        shared.ended = true;
+                        self.trailers_sent = true;
+                    }
+                }
+                Some(Err(_)) => shared.overflow = true,
+                None => {
+                    shared.ended = true;
+                    self.trailers_sent = true;
+                }
+            }
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+    }
+
+    /// Done once the stream ended and this copy sent all of it, so the
+    /// last frame carries END_STREAM.
+    fn is_end_stream(&self) -> bool {
+        let Ok(shared) = self.shared.lock() else { return false };
+        shared.ended
+            && (shared.overflow || self.pos >= shared.frames.len())
+            && (self.trailers_sent || shared.trailers.is_none())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.size_hint
+    }
+}
+
+impl Drop for Replay {
+    fn drop(&mut self) {
+        // Hand the rest of the client's stream to the next copy.
+        if let Some(inner) = self.inner.take() {
+            if let Ok(mut shared) = self.shared.lock() {
+                shared.inner = Some(inner);
+            }
         }
     }
 }

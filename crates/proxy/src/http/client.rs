@@ -7,7 +7,6 @@ use crate::{
     io::MeteredIo,
     metrics::{Direction, Metrics, Peer, TcpLabels, Tls},
 };
-use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{
         Client,
@@ -26,7 +25,7 @@ use std::{
 };
 use tokio::net::TcpStream;
 
-pub type HttpClient = Client<Connector, Incoming>;
+pub type HttpClient = Client<Connector, super::body::RequestBody>;
 
 #[derive(Copy, Clone, Debug, Hash, PartialEq, Eq)]
 pub enum Proto {

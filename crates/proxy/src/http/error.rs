@@ -31,6 +31,16 @@ pub enum ProxyError {
     Unauthorized { server: String, route: String },
     #[error("no route of server {server} matches the request")]
     NoRoute { server: String },
+    #[error("no route of {service} matches the request")]
+    NoOutboundRoute { service: String },
+    #[error("the matching route of {service} has no backend to send the request to")]
+    NoBackend { service: String },
+    #[error("every endpoint of {service} is failing; the circuit is open")]
+    CircuitOpen { service: String },
+    #[error("request timed out after {timeout:?}")]
+    RequestTimeout { timeout: Duration },
+    #[error("response headers timed out after {timeout:?}")]
+    ResponseTimeout { timeout: Duration },
 }
 
 impl ProxyError {
@@ -56,9 +66,14 @@ impl ProxyError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ConnectTimeout { .. }
+            | ProxyError::RequestTimeout { .. }
+            | ProxyError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::NoAuthority => StatusCode::BAD_REQUEST,
-            ProxyError::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoEndpoints { .. }
+            | ProxyError::NoBackend { .. }
+            | ProxyError::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoOutboundRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::Unauthorized { .. } => StatusCode::FORBIDDEN,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             _ => StatusCode::BAD_GATEWAY,
@@ -78,16 +93,48 @@ impl ProxyError {
             ProxyError::Tls { .. } => "tls",
             ProxyError::Unauthorized { .. } => "unauthorized",
             ProxyError::NoRoute { .. } => "no_route",
+            ProxyError::NoOutboundRoute { .. } => "no_route",
+            ProxyError::NoBackend { .. } => "no_backend",
+            ProxyError::CircuitOpen { .. } => "circuit_open",
+            ProxyError::RequestTimeout { .. } => "request_timeout",
+            ProxyError::ResponseTimeout { .. } => "response_timeout",
         }
+    }
+
+    /// The `error` label of the route series (Linkerd's values).
+    pub fn route_label(&self) -> &'static str {
+        match self {
+            ProxyError::RequestTimeout { .. } => "REQUEST_TIMEOUT",
+            ProxyError::ResponseTimeout { .. } => "RESPONSE_HEADERS_TIMEOUT",
+            ProxyError::NoEndpoints { .. }
+            | ProxyError::NoBackend { .. }
+            | ProxyError::CircuitOpen { .. } => "FAILFAST",
+            _ => "UNEXPECTED",
+        }
+    }
+
+    /// Whether another attempt could go better: the request never reached
+    /// an application, or its answer did not come in time.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Connect { .. }
+                | ProxyError::ConnectTimeout { .. }
+                | ProxyError::Upstream(_)
+                | ProxyError::Tls { .. }
+                | ProxyError::ResponseTimeout { .. }
+        )
     }
 
     pub fn grpc_code(&self) -> u32 {
         match self {
-            ProxyError::ConnectTimeout { .. } => 4, // DEADLINE_EXCEEDED
-            ProxyError::NoAuthority => 3,           // INVALID_ARGUMENT
-            ProxyError::Unauthorized { .. } => 7,   // PERMISSION_DENIED
-            ProxyError::NoRoute { .. } => 12,       // UNIMPLEMENTED
-            _ => 14,                                // UNAVAILABLE
+            ProxyError::ConnectTimeout { .. }
+            | ProxyError::RequestTimeout { .. }
+            | ProxyError::ResponseTimeout { .. } => 4, // DEADLINE_EXCEEDED
+            ProxyError::NoAuthority => 3,         // INVALID_ARGUMENT
+            ProxyError::Unauthorized { .. } => 7, // PERMISSION_DENIED
+            ProxyError::NoRoute { .. } | ProxyError::NoOutboundRoute { .. } => 12, // UNIMPLEMENTED
+            _ => 14,                              // UNAVAILABLE
         }
     }
 

@@ -6,9 +6,10 @@ mod body;
 pub mod client;
 pub mod error;
 pub mod headers;
+mod routed;
 
 use self::{
-    body::{ObservedBody, Recorder},
+    body::{ObservedBody, Recorder, RequestBody},
     client::{ClientKey, Clients, HttpClient, Proto},
     error::ProxyError,
 };
@@ -134,11 +135,15 @@ impl Conn {
         let downgrade = self.proxy.direction == Direction::Inbound
             && self.proto == Proto::Http2
             && req.headers_mut().remove(L5D_ORIG_PROTO).is_some();
-        let (target, client, picked, upgrade_h2) = match self.endpoint(&authority, upgrading, downgrade).await
-        {
-            Ok(endpoint) => endpoint,
-            Err(e) => return self.fail(None, e, grpc),
-        };
+        let service = self.service_for(&authority).await;
+        if let Some(service) = service.as_ref().filter(|s| s.router.is_some() && !upgrading) {
+            return self.proxy_routed(req, authority, service.clone(), started, grpc).await;
+        }
+        let (target, client, picked, upgrade_h2) =
+            match self.endpoint(&authority, service, upgrading, downgrade).await {
+                Ok(endpoint) => endpoint,
+                Err(e) => return self.fail(None, e, grpc),
+            };
         let route = self.route(&authority, target, picked.as_ref());
         route.request();
         let tapped = self.tap(&req, &authority, target, &route);
@@ -185,7 +190,7 @@ impl Conn {
         *req.uri_mut() = absolute_uri(req.uri(), &authority);
         let downstream_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
 
-        let mut rsp = match client.request(req).await {
+        let mut rsp = match client.request(req.map(|b| RequestBody::new(b, None))).await {
             Ok(rsp) => rsp,
             Err(e) => return fail(ProxyError::from_client(e)),
         };
@@ -224,25 +229,18 @@ impl Conn {
     async fn endpoint(
         &self,
         authority: &Authority,
+        service: Option<Arc<ServiceRoute>>,
         upgrading: bool,
         downgrade: bool,
     ) -> Result<(SocketAddr, HttpClient, Option<InFlight>, bool), ProxyError> {
         let clients = &self.proxy.clients;
-        let service = match (&self.service, self.target, &self.client) {
-            (Some(service), _, _) => Some(service.clone()),
-            (None, Some(t), Some(_)) if downgrade => {
-                return Ok((t, clients.get(t, Proto::Http1), None, false));
+        if service.is_none() {
+            match (self.target, &self.client) {
+                (Some(t), Some(_)) if downgrade => return Ok((t, clients.get(t, Proto::Http1), None, false)),
+                (Some(t), Some(c)) => return Ok((t, c.clone(), None, false)),
+                _ => {}
             }
-            (None, Some(t), Some(c)) => return Ok((t, c.clone(), None, false)),
-            _ => match &self.proxy.discovery {
-                Some(discovery) => match discovery.resolve(TargetKey::Authority(authority.to_string())).await
-                {
-                    Resolution::Service(service) => Some(service),
-                    _ => None,
-                },
-                None => None,
-            },
-        };
+        }
         if let Some(service) = service {
             let picked = service
                 .balancer
@@ -264,10 +262,36 @@ impl Conn {
         Ok((t, clients.get(t, self.proto), None, false))
     }
 
+    /// The service the request goes to, if any: the connection's, or (no
+    /// original destination, or ingress mode) the one the authority names.
+    async fn service_for(&self, authority: &Authority) -> Option<Arc<ServiceRoute>> {
+        if let Some(service) = &self.service {
+            return Some(service.clone());
+        }
+        if self.target.is_some() && self.client.is_some() {
+            return None;
+        }
+        match self.proxy.discovery.as_ref()?.resolve(TargetKey::Authority(authority.to_string())).await {
+            Resolution::Service(service) => Some(service),
+            _ => None,
+        }
+    }
+
     /// Offers the request to the open taps (one atomic load when none is).
     fn tap<B>(
         &self,
         req: &Request<B>,
+        authority: &Authority,
+        target: SocketAddr,
+        route: &RouteMetrics,
+    ) -> Option<crate::tap::Tapped> {
+        self.tap_head(req.method(), req.uri().path(), authority, target, route)
+    }
+
+    fn tap_head(
+        &self,
+        method: &Method,
+        path: &str,
         authority: &Authority,
         target: SocketAddr,
         route: &RouteMetrics,
@@ -282,9 +306,9 @@ impl Conn {
             destination: target,
             tls: &labels.tls,
             dst_labels: labels.dst.as_deref(),
-            method: req.method(),
+            method,
             authority: authority.as_str(),
-            path: req.uri().path(),
+            path,
         })
     }
 

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // Each test binary uses part of it.
 
+pub mod cluster;
+
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};

@@ -1,0 +1,403 @@
+//! A request to a service with routes: the rule it matches decides what
+//! happens to it (filters, faults, the backend by weight, timeouts,
+//! retries within the service's budget, circuit breaking, mirrors), and
+//! the route series count it once as a logical request and once per
+//! attempt.
+
+use super::{
+    Conn, L5D_ORIG_PROTO, ResponseBody, absolute_uri,
+    body::{ObservedBody, Recorder, RequestBody, RouteEnd, grpc_status},
+    client::{ClientKey, Proto},
+    error::ProxyError,
+    headers,
+};
+use crate::{
+    discovery::{
+        ServiceRoute,
+        balance::{InFlight, Pick},
+    },
+    traffic::{
+        Backend, Redirect, Rule,
+        metrics::{RetryOutcome, RuleSeries},
+    },
+};
+use bytes::Bytes;
+use http::{
+    HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header::HOST, uri::Authority,
+};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::Incoming;
+use std::{sync::Arc, time::Duration};
+use tower::retry::budget::Budget;
+
+/// A request's head, kept to send it again.
+#[derive(Clone)]
+struct Head {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+/// One attempt's answer, with the endpoint that gave it.
+struct Answered {
+    rsp: Response<Incoming>,
+    picked: InFlight,
+    /// An HTTP/1 request carried over HTTP/2 to a meshed endpoint.
+    upgraded: bool,
+}
+
+/// How long mirrored requests may take before they are dropped.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Conn {
+    pub(super) async fn proxy_routed(
+        &self,
+        mut req: Request<Incoming>,
+        mut authority: Authority,
+        service: Arc<ServiceRoute>,
+        started: std::time::Instant,
+        grpc: bool,
+    ) -> Response<ResponseBody> {
+        let router = service.router.as_ref().expect("a routed service has a router");
+        let Some((_, rule)) = router.select(&req, grpc) else {
+            return self.fail(None, ProxyError::NoOutboundRoute { service: service.name.clone() }, grpc);
+        };
+        let series = rule.series(grpc, &self.proxy.metrics.routes);
+
+        // Filters that answer in place of a backend.
+        if let Some(redirect) = &rule.redirect {
+            let rsp = redirect_response(redirect, &req, &authority, rule);
+            series.request(Some(rsp.status().as_u16()), None, started.elapsed(), 0);
+            return rsp;
+        }
+        if let Some(abort) = rule.abort.as_ref().filter(|a| a.ratio.hit()) {
+            let rsp = injected(abort.status, abort.grpc || grpc, &abort.message);
+            let status = if abort.grpc || grpc { Some(abort.status) } else { Some(rsp.status().as_u16()) };
+            series.request(status, None, started.elapsed(), 0);
+            return rsp;
+        }
+        if let Some((ratio, delay)) = rule.delay {
+            if ratio.hit() {
+                tokio::time::sleep(delay).await;
+            }
+        }
+        if let Some(modifier) = &rule.request_headers {
+            modifier.apply(req.headers_mut());
+        }
+        if let Some(rewrite) = &rule.rewrite {
+            if let Some(host) = &rewrite.host {
+                let with_port = match authority.port_u16() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host.clone(),
+                };
+                if let Ok(a) = Authority::try_from(with_port) {
+                    authority = a;
+                    req.headers_mut().remove(HOST);
+                }
+            }
+            if let Some(path) = &rewrite.path {
+                let new = path.apply(req.uri().path(), rule.matched_prefix(req.uri().path()));
+                let pq = match req.uri().query() {
+                    Some(q) => format!("{new}?{q}"),
+                    None => new,
+                };
+                if let Ok(uri) = Uri::builder().path_and_query(pq).build() {
+                    *req.uri_mut() = uri;
+                }
+            }
+        }
+
+        // The request as every attempt sends it.
+        headers::strip_hop_by_hop(req.headers_mut(), false);
+        if self.proto == Proto::Http1 && !req.headers().contains_key(HOST) {
+            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                req.headers_mut().insert(HOST, host);
+            }
+        }
+        *req.uri_mut() = absolute_uri(req.uri(), &authority);
+        let (parts, body) = req.into_parts();
+        let head =
+            Head { method: parts.method, uri: parts.uri, version: parts.version, headers: parts.headers };
+        let replay_limit = match &rule.retry {
+            Some(retry) => Some(retry.max_request_bytes),
+            None if !rule.mirrors.is_empty() => Some(crate::traffic::MIRROR_MAX_BYTES),
+            None => None,
+        };
+        let mut body = Some(RequestBody::new(body, replay_limit));
+
+        // The budget counts the requests that may be retried.
+        if rule.retry.is_some() {
+            router.budget.deposit();
+        }
+        let mut attempts = 0u32;
+        let attempts_loop = async {
+            loop {
+                attempts += 1;
+                let Some(this_body) = next_body(&mut body) else {
+                    unreachable!("the first attempt always has a body")
+                };
+                let outcome = self.attempt(&service, rule, series, &head, this_body, grpc).await;
+                let Some(retry) = &rule.retry else { return outcome };
+                let wants_retry = match &outcome {
+                    Ok(a) => retry.retries(a.rsp.status(), grpc_status(a.rsp.headers())),
+                    Err(e) => e.retryable(),
+                };
+                if !wants_retry {
+                    if attempts > 1 {
+                        series.retry(RetryOutcome::Succeeded);
+                    }
+                    return outcome;
+                }
+                if attempts > retry.max_retries {
+                    series.retry(RetryOutcome::LimitExceeded);
+                    return outcome;
+                }
+                // Only with a body to send again, and within the budget.
+                let replayable = body.as_ref().is_some_and(|b| b.try_clone().is_some());
+                if !replayable || !router.budget.withdraw() {
+                    series.retry(RetryOutcome::Overflow);
+                    return outcome;
+                }
+                series.retry(RetryOutcome::Retried);
+                drop(outcome);
+                tokio::time::sleep(retry.backoff(attempts)).await;
+            }
+        };
+        let outcome = match rule.timeouts.request {
+            Some(timeout) => match tokio::time::timeout(timeout, attempts_loop).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(ProxyError::RequestTimeout { timeout }),
+            },
+            None => attempts_loop.await,
+        };
+
+        let answered = match outcome {
+            Ok(answered) => answered,
+            Err(error) => {
+                let status =
+                    if grpc { Some(error.grpc_code() as u16) } else { Some(error.status().as_u16()) };
+                series.request(status, Some(error.route_label()), started.elapsed(), attempts);
+                let target = self.target.unwrap_or_else(|| ([0, 0, 0, 0], 0).into());
+                let metrics = self.route(&authority, target, None);
+                metrics.request();
+                return self.fail(Some(&metrics), error, grpc);
+            }
+        };
+
+        // Mirrors get a copy once the request has been sent.
+        for (backend, ratio) in &rule.mirrors {
+            if !ratio.hit() {
+                continue;
+            }
+            if let Some(copy) = body.as_ref().and_then(RequestBody::try_clone) {
+                let req = request(&head, copy, false);
+                tokio::spawn(mirror(self.proxy.clone(), backend.clone(), req));
+            }
+        }
+
+        let Answered { rsp, picked, upgraded } = answered;
+        let metrics = self.route(&authority, picked.addr(), Some(&picked));
+        metrics.request();
+        let tapped = self.tap_head(&head.method, head.uri.path(), &authority, picked.addr(), &metrics);
+        if let Some(tapped) = &tapped {
+            tapped.response(rsp.status().as_u16());
+        }
+        self.respond(rsp, upgraded, head.version, rule, series, started, attempts, metrics, tapped, grpc)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn respond(
+        &self,
+        mut rsp: Response<Incoming>,
+        upgraded: bool,
+        version: Version,
+        rule: &Rule,
+        series: &Arc<RuleSeries>,
+        started: std::time::Instant,
+        attempts: u32,
+        metrics: crate::metrics::RouteMetrics,
+        tapped: Option<crate::tap::Tapped>,
+        grpc: bool,
+    ) -> Response<ResponseBody> {
+        if upgraded {
+            rsp.headers_mut().remove(L5D_ORIG_PROTO);
+            *rsp.version_mut() = version;
+        }
+        if let Some(modifier) = &rule.response_headers {
+            modifier.apply(rsp.headers_mut());
+        }
+        let status = rsp.status();
+        metrics.response_headers(status.as_u16(), started);
+        headers::strip_hop_by_hop(rsp.headers_mut(), false);
+        let end = RouteEnd { series: series.clone(), started, attempts };
+        let recorder =
+            Recorder::new(metrics, status.as_u16(), grpc, rsp.headers()).tapped(tapped).routed(end);
+        rsp.map(|body| Either::Left(ObservedBody::new(body, recorder)))
+    }
+
+    /// One attempt: a backend by weight, an endpoint by the balancer (minus
+    /// ejected ones), the request, within the attempt's timeout.
+    async fn attempt(
+        &self,
+        service: &ServiceRoute,
+        rule: &Rule,
+        series: &RuleSeries,
+        head: &Head,
+        body: RequestBody,
+        grpc: bool,
+    ) -> Result<Answered, ProxyError> {
+        let backend =
+            rule.pick_backend().ok_or_else(|| ProxyError::NoBackend { service: service.name.clone() })?;
+        let picked = match backend.balancer.pick_within_for(backend.failfast, rule.breaker.as_deref()).await {
+            Pick::Endpoint(p) => p,
+            Pick::Empty => return Err(ProxyError::NoEndpoints { service: backend.name.clone() }),
+            Pick::AllFailing => return Err(ProxyError::CircuitOpen { service: backend.name.clone() }),
+        };
+        series.backend_request(&backend.meta);
+        let clients = &self.proxy.clients;
+        let meta = picked.meta();
+        let identity = meta.identity.clone().filter(|_| clients.meshed());
+        let upgraded = identity.is_some() && meta.http2 && self.proto == Proto::Http1;
+        let proto = if upgraded { Proto::Http2 } else { self.proto };
+        let client = clients.get_key(ClientKey { addr: picked.addr(), proto, identity });
+        let req = request(head, body, upgraded);
+
+        let timeout = rule.retry.as_ref().and_then(|r| r.timeout).or(rule.timeouts.response);
+        let sent = client.request(req);
+        let result = match timeout {
+            Some(timeout) => match tokio::time::timeout(timeout, sent).await {
+                Ok(r) => r.map_err(ProxyError::from_client),
+                Err(_) => Err(ProxyError::ResponseTimeout { timeout }),
+            },
+            None => sent.await.map_err(ProxyError::from_client),
+        };
+        match result {
+            Ok(rsp) => {
+                picked.responded();
+                let code = grpc_status(rsp.headers());
+                let failed = rsp.status().is_server_error() || (grpc && code.is_some_and(is_grpc_failure));
+                picked.record(!failed, rule.breaker.as_deref());
+                let status =
+                    if grpc { code.map(|c| c as u16).or(Some(0)) } else { Some(rsp.status().as_u16()) };
+                series.backend_response(&backend.meta, status, None);
+                Ok(Answered { rsp, picked, upgraded })
+            }
+            Err(error) => {
+                tracing::debug!(endpoint = %picked.addr(), %error, "attempt failed");
+                picked.record(false, rule.breaker.as_deref());
+                series.backend_response(&backend.meta, None, Some(error.route_label()));
+                Err(error)
+            }
+        }
+    }
+}
+
+/// The body for the next attempt: the stream itself once, or a copy.
+fn next_body(body: &mut Option<RequestBody>) -> Option<RequestBody> {
+    match body {
+        Some(RequestBody::Stream(_)) => body.take(),
+        Some(b) => b.try_clone(),
+        None => None,
+    }
+}
+
+fn request(head: &Head, body: RequestBody, upgraded: bool) -> Request<RequestBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = head.uri.clone();
+    *req.headers_mut() = head.headers.clone();
+    *req.version_mut() = head.version;
+    if upgraded {
+        let orig = if head.version == Version::HTTP_10 { "HTTP/1.0" } else { "HTTP/1.1" };
+        req.headers_mut().insert(L5D_ORIG_PROTO, HeaderValue::from_static(orig));
+        *req.version_mut() = Version::HTTP_2;
+    }
+    req
+}
+
+/// gRPC codes that count against an endpoint: it is unwell, not the call.
+fn is_grpc_failure(code: u32) -> bool {
+    matches!(code, 2 | 4 | 8 | 13 | 14 | 15)
+}
+
+/// A copy of the request to a mirror backend; its answer is read and
+/// dropped, and nothing about it reaches the client.
+async fn mirror(proxy: Arc<super::HttpProxy>, backend: Arc<Backend>, mut req: Request<RequestBody>) {
+    let clients = &proxy.clients;
+    let Pick::Endpoint(picked) = backend.balancer.pick_for(None) else {
+        tracing::debug!(backend = %backend.name, "mirror has no endpoints; copy dropped");
+        return;
+    };
+    let meta = picked.meta();
+    let identity = meta.identity.clone().filter(|_| clients.meshed());
+    let upgraded = identity.is_some() && meta.http2 && req.version() != Version::HTTP_2;
+    if upgraded {
+        req.headers_mut().insert(L5D_ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+        *req.version_mut() = Version::HTTP_2;
+    }
+    let proto = if req.version() == Version::HTTP_2 { Proto::Http2 } else { Proto::Http1 };
+    let client = clients.get_key(ClientKey { addr: picked.addr(), proto, identity });
+    let sent = async {
+        let rsp = client.request(req).await?;
+        let _ = rsp.into_body().collect().await;
+        Ok::<_, hyper_util::client::legacy::Error>(())
+    };
+    match tokio::time::timeout(MIRROR_TIMEOUT, sent).await {
+        Ok(Ok(())) => picked.responded(),
+        Ok(Err(error)) => tracing::debug!(backend = %backend.name, %error, "mirrored request failed"),
+        Err(_) => tracing::debug!(backend = %backend.name, "mirrored request timed out"),
+    }
+}
+
+fn redirect_response<B>(
+    redirect: &Redirect,
+    req: &Request<B>,
+    authority: &Authority,
+    rule: &Rule,
+) -> Response<ResponseBody> {
+    let scheme = redirect.scheme.clone().unwrap_or_else(|| "http".into());
+    let host = redirect.host.clone().unwrap_or_else(|| authority.host().to_string());
+    let port = redirect.port.or(if redirect.host.is_some() { None } else { authority.port_u16() });
+    let path = match &redirect.path {
+        Some(modifier) => modifier.apply(req.uri().path(), rule.matched_prefix(req.uri().path())),
+        None => req.uri().path().to_string(),
+    };
+    let mut location = match port {
+        Some(port) => format!("{scheme}://{host}:{port}{path}"),
+        None => format!("{scheme}://{host}{path}"),
+    };
+    if let Some(q) = req.uri().query() {
+        location.push('?');
+        location.push_str(q);
+    }
+    let mut rsp = Response::new(Either::Right(Full::default()));
+    *rsp.status_mut() = redirect.status;
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        rsp.headers_mut().insert(http::header::LOCATION, value);
+    }
+    rsp
+}
+
+/// A fault the route injects: an HTTP status, or a gRPC status in a
+/// trailers-only response.
+fn injected(status: u16, grpc: bool, message: &str) -> Response<ResponseBody> {
+    let message = if message.is_empty() { "fault injected by weft" } else { message };
+    let mut rsp = Response::new(Either::Right(Full::new(Bytes::from(if grpc {
+        String::new()
+    } else {
+        format!("{message}\n")
+    }))));
+    let h = rsp.headers_mut();
+    h.insert(super::error::L5D_PROXY_ERROR, HeaderValue::from_static("fault injected by weft"));
+    if grpc {
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(status));
+        if let Ok(v) = HeaderValue::from_str(message) {
+            h.insert("grpc-message", v);
+        }
+    } else {
+        *rsp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    rsp
+}
