@@ -159,6 +159,32 @@ fn the_demo_runs_meshed_and_stops_clean() {
     );
     assert!(!dir.join("store/run-curl-client.yaml").exists(), "weft run left its manifest");
 
+    // Traffic management from the store: retries on the jammed ballot box.
+    // `weft routes` shows them as a share of traffic, with the success the
+    // clients got (effective) beside what the back end answered (actual).
+    std::fs::write(dir.join("store/retries.yaml"), RETRIES).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new(WEFT)
+            .args(["routes", "-n", "demo", "--window", "10s", "-o", "json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let voting =
+            rows.as_array().unwrap().iter().find(|r| r["route"] == "grpcroute/voting-retries").cloned();
+        let shows_retries = voting.as_ref().is_some_and(|r| {
+            let (effective, actual) = (r["effective_success"].as_f64(), r["actual_success"].as_f64());
+            r["retry_ratio"].as_f64().is_some_and(|x| x > 0.0)
+                && effective.zip(actual).is_some_and(|(e, a)| e > a && e > 0.97)
+        });
+        if shows_retries {
+            break;
+        }
+        assert!(Instant::now() < deadline, "weft routes shows no retries on voting: {rows}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
     // Ctrl-C: every process ends.
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(demo.child.id() as i32, libc::SIGINT) };
@@ -214,3 +240,16 @@ fn the_demo_runs_meshed_and_stops_clean() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+const RETRIES: &str = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata:
+  name: voting-retries
+  namespace: demo
+  annotations:
+    retry.linkerd.io/grpc: unavailable
+    retry.linkerd.io/limit: "3"
+spec:
+  parentRefs: [{ group: core, kind: Service, name: voting, port: 8080 }]
+  rules: [{}]
+"#;
