@@ -44,6 +44,26 @@ impl<F: FnMut(&BackendSpec) -> Arc<Balancer>> Bind for F {
     }
 }
 
+/// A rule's weighted backends from its distribution: the HTTP and gRPC
+/// protos spell the same messages as different types.
+macro_rules! backends {
+    ($dist:expr, $($kind:ident)::+, $bind:expr) => {
+        match $dist.and_then(|d| d.kind.as_ref()) {
+            Some($($kind)::+::FirstAvailable(fa)) => match fa.backends.first().and_then(|b| b.backend.as_ref()) {
+                Some(b) => vec![WeightedBackend { backend: $bind(b)?, weight: 1 }],
+                None => vec![],
+            },
+            Some($($kind)::+::RandomAvailable(ra)) => ra
+                .backends
+                .iter()
+                .filter_map(|wb| Some((wb.backend.as_ref()?.backend.as_ref()?, wb.weight)))
+                .map(|(b, weight)| Ok(WeightedBackend { backend: $bind(b)?, weight }))
+                .collect::<Result<_, InvalidPolicy>>()?,
+            Some($($kind)::+::Empty(_)) | None => vec![],
+        }
+    };
+}
+
 /// The router for an HTTP or gRPC policy; `None` for an opaque one.
 pub fn router(
     policy: &weft_api::OutboundPolicy,
@@ -117,20 +137,8 @@ pub fn router(
                     None => return Err(InvalidPolicy::Field("filter")),
                 }
             }
-            use out::http_route::distribution::Kind as D;
-            out.backends = match rule.backends.as_ref().and_then(|d| d.kind.as_ref()) {
-                Some(D::FirstAvailable(fa)) => match fa.backends.first().and_then(|b| b.backend.as_ref()) {
-                    Some(b) => vec![WeightedBackend { backend: bind_backend(b)?, weight: 1 }],
-                    None => vec![],
-                },
-                Some(D::RandomAvailable(ra)) => ra
-                    .backends
-                    .iter()
-                    .filter_map(|wb| Some((wb.backend.as_ref()?.backend.as_ref()?, wb.weight)))
-                    .map(|(b, weight)| Ok(WeightedBackend { backend: bind_backend(b)?, weight }))
-                    .collect::<Result<_, InvalidPolicy>>()?,
-                Some(D::Empty(_)) | None => vec![],
-            };
+            out.backends =
+                backends!(rule.backends.as_ref(), out::http_route::distribution::Kind, bind_backend);
             extend(&mut out, ext_for(i, j), &mut bind_backend)?;
             rules.push(out);
         }
@@ -166,20 +174,8 @@ pub fn router(
                     None => return Err(InvalidPolicy::Field("filter")),
                 }
             }
-            use out::grpc_route::distribution::Kind as D;
-            out.backends = match rule.backends.as_ref().and_then(|d| d.kind.as_ref()) {
-                Some(D::FirstAvailable(fa)) => match fa.backends.first().and_then(|b| b.backend.as_ref()) {
-                    Some(b) => vec![WeightedBackend { backend: bind_backend(b)?, weight: 1 }],
-                    None => vec![],
-                },
-                Some(D::RandomAvailable(ra)) => ra
-                    .backends
-                    .iter()
-                    .filter_map(|wb| Some((wb.backend.as_ref()?.backend.as_ref()?, wb.weight)))
-                    .map(|(b, weight)| Ok(WeightedBackend { backend: bind_backend(b)?, weight }))
-                    .collect::<Result<_, InvalidPolicy>>()?,
-                Some(D::Empty(_)) | None => vec![],
-            };
+            out.backends =
+                backends!(rule.backends.as_ref(), out::grpc_route::distribution::Kind, bind_backend);
             extend(&mut out, ext_for(i, j), &mut bind_backend)?;
             rules.push(out);
         }
