@@ -410,3 +410,45 @@ fn a_service_profile_still_retries_and_times_out() {
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     assert!(elapsed >= Duration::from_millis(290) && elapsed < Duration::from_secs(2), "{elapsed:?}");
 }
+
+#[test]
+fn a_backend_without_endpoints_fails_fast() {
+    let rules =
+        "[{ backendRefs: [{ name: web, port: 80, weight: 1 }, { name: empty, port: 80, weight: 1 }] }]";
+    let Some(mut cluster) = Cluster::new("a_backend_without_endpoints_fails_fast", 1) else { return };
+    cluster.service("web", 200, "");
+    cluster.service("empty", 203, "");
+    cluster.pod("web", 0);
+    cluster.write("route.yaml", &http_route("half-empty", "", rules));
+    cluster.run();
+    let _stats = cluster.http_apps();
+    let dst = cluster.service_addr();
+    let started = Instant::now();
+    // One request per connection, all at once: about half draw the
+    // backend that has no endpoints.
+    let answers = cluster.client.block_on(async move {
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let mut send = connect(dst).await;
+                    request(&mut send, "/").await.expect("the proxy answers")
+                })
+            })
+            .collect();
+        let mut answers = vec![];
+        for t in tasks {
+            answers.push(t.await.unwrap());
+        }
+        answers
+    });
+    let elapsed = started.elapsed();
+    let failed: Vec<_> = answers.iter().filter(|(s, _, _)| *s != StatusCode::OK).collect();
+    assert!(!failed.is_empty() && failed.len() < answers.len(), "{} of 16 failed", failed.len());
+    for (status, _, headers) in failed {
+        assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE);
+        let error = headers["l5d-proxy-error"].to_str().unwrap();
+        assert!(error.contains("empty.shop.svc.cluster.local:80 has no endpoints"), "{error}");
+    }
+    // They wait for the queue's failfast timeout (3 s), not forever.
+    assert!(elapsed < Duration::from_secs(6), "{elapsed:?}");
+}
