@@ -452,3 +452,44 @@ fn a_backend_without_endpoints_fails_fast() {
     // They wait for the queue's failfast timeout (3 s), not forever.
     assert!(elapsed < Duration::from_secs(6), "{elapsed:?}");
 }
+
+#[test]
+fn retried_bodies_are_replayed_and_large_ones_sent_once() {
+    let annotations = r#"retry.linkerd.io/http: "5xx", retry.linkerd.io/limit: "3""#;
+    let Some((cluster, stats)) = cluster(
+        "retried_bodies_are_replayed_and_large_ones_sent_once",
+        1,
+        "",
+        &[("route.yaml", http_route("uploads", annotations, "[{}]"))],
+    ) else {
+        return;
+    };
+    // The app fails its first request (of every ten, three spread out).
+    stats[0].fail_percent.store(30, Ordering::Relaxed);
+    let dst = cluster.service_addr();
+    let answers = cluster.client.block_on(async move {
+        use http_body_util::{BodyExt, Full};
+        let sock = tokio::net::TcpStream::connect(dst).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(sock)).await.unwrap();
+        tokio::spawn(conn);
+        let mut answers = vec![];
+        for size in [1024usize, 100 * 1024] {
+            send.ready().await.unwrap();
+            let req = http::Request::post("/upload")
+                .header("host", "web.shop.svc.cluster.local")
+                .body(Full::new(bytes::Bytes::from(vec![b'x'; size])))
+                .unwrap();
+            let rsp = send.send_request(req).await.unwrap();
+            let status = rsp.status();
+            let body = rsp.into_body().collect().await.unwrap().to_bytes();
+            answers.push((status, String::from_utf8_lossy(&body).into_owned()));
+        }
+        answers
+    });
+    // The first upload failed once and was sent again, whole.
+    assert_eq!(answers[0], (StatusCode::OK, "1024".to_string()));
+    // 100 KiB is over the 64 KiB kept for retries: sent once, not broken.
+    assert_eq!(answers[1], (StatusCode::OK, "102400".to_string()));
+    assert_eq!(stats[0].requests.load(Ordering::SeqCst), 3);
+}

@@ -14,7 +14,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -58,10 +58,6 @@ pub struct Balancer {
     endpoints: watch::Sender<Arc<[Arc<Endpoint>]>>,
     default_rtt: Duration,
     decay: Duration,
-    /// The service's failure accrual, if its policy has one.
-    accrual: Mutex<Option<Arc<Consecutive>>>,
-    /// Whether `accrual` is set: picks skip its lock when not.
-    accrual_on: AtomicBool,
 }
 
 /// What a pick found.
@@ -87,24 +83,7 @@ pub struct InFlight {
 impl Balancer {
     pub fn new(default_rtt: Duration, decay: Duration) -> Self {
         let (endpoints, _) = watch::channel(Arc::from(Vec::new()));
-        Self { endpoints, default_rtt, decay, accrual: Mutex::new(None), accrual_on: AtomicBool::new(false) }
-    }
-
-    /// Sets (or clears) the service's failure accrual; endpoints keep
-    /// their standing.
-    pub fn set_accrual(&self, policy: Option<Consecutive>) {
-        let mut current = self.accrual.lock().expect("accrual lock");
-        if current.as_deref() != policy.as_ref() {
-            self.accrual_on.store(policy.is_some(), Ordering::Relaxed);
-            *current = policy.map(Arc::new);
-        }
-    }
-
-    fn accrual(&self) -> Option<Arc<Consecutive>> {
-        if !self.accrual_on.load(Ordering::Relaxed) {
-            return None;
-        }
-        self.accrual.lock().expect("accrual lock").clone()
+        Self { endpoints, default_rtt, decay }
     }
 
     /// Replaces the endpoint set; endpoints that stay keep their state, and
@@ -137,21 +116,23 @@ impl Balancer {
 
     /// Picks an endpoint now, if there is one.
     pub fn pick(&self) -> Option<InFlight> {
-        match self.pick_for(None) {
+        match self.pick_for(None, None) {
             Pick::Endpoint(p) => Some(p),
             Pick::Empty | Pick::AllFailing => None,
         }
     }
 
-    /// Picks an endpoint that neither the service's failure accrual nor
-    /// `route`'s has ejected. An endpoint whose penalty is over gets the
-    /// one request that probes it.
-    pub fn pick_for(&self, route: Option<&RouteAccrual>) -> Pick {
+    /// Picks an endpoint that neither the caller's failure accrual
+    /// (`policy`: a service's policy, for this backend; the balancer is
+    /// shared by every service that names it) nor `route`'s has ejected.
+    /// An endpoint whose penalty is over gets the one request that probes
+    /// it. The outcome goes to [`InFlight::record`].
+    pub fn pick_for(&self, route: Option<&RouteAccrual>, policy: Option<&Arc<Consecutive>>) -> Pick {
         let endpoints = self.endpoints.borrow().clone();
         if endpoints.is_empty() {
             return Pick::Empty;
         }
-        let policy = self.accrual();
+        let policy = policy.cloned();
         if policy.is_none() && route.is_none() {
             return Pick::Endpoint(self.in_flight(self.p2c(&endpoints), None));
         }
@@ -214,22 +195,27 @@ impl Balancer {
     /// Picks an endpoint, waiting up to `timeout` for the set to be
     /// non-empty (a service scaled to zero, or discovery still coming).
     pub async fn pick_within(&self, timeout: Duration) -> Option<InFlight> {
-        match self.pick_within_for(timeout, None).await {
+        match self.pick_within_for(timeout, None, None).await {
             Pick::Endpoint(p) => Some(p),
             Pick::Empty | Pick::AllFailing => None,
         }
     }
 
     /// As `pick_for`, waiting up to `timeout` for endpoints to exist.
-    pub async fn pick_within_for(&self, timeout: Duration, route: Option<&RouteAccrual>) -> Pick {
-        match self.pick_for(route) {
+    pub async fn pick_within_for(
+        &self,
+        timeout: Duration,
+        route: Option<&RouteAccrual>,
+        policy: Option<&Arc<Consecutive>>,
+    ) -> Pick {
+        match self.pick_for(route, policy) {
             Pick::Empty => {}
             found => return found,
         }
         let mut rx = self.endpoints.subscribe();
         let wait = rx.wait_for(|eps| !eps.is_empty());
         let _ = tokio::time::timeout(timeout, wait).await;
-        self.pick_for(route)
+        self.pick_for(route, policy)
     }
 
     fn cost(&self, endpoint: &Endpoint) -> f64 {

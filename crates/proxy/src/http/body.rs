@@ -62,7 +62,8 @@ impl Recorder {
         };
         self.route.response_end(self.status, grpc_status, error);
         if let Some(end) = &self.route_end {
-            let status = if self.grpc { grpc_status.map(|s| s as u16) } else { Some(self.status) };
+            let status =
+                if self.grpc { grpc_status.map(super::routed::grpc_label) } else { Some(self.status) };
             let error = error.map(|_| "UNEXPECTED");
             end.series.request(status, error, end.started.elapsed(), end.attempts);
         }
@@ -158,8 +159,11 @@ impl RequestBody {
             return RequestBody::Empty;
         }
         match replay_limit {
-            Some(limit) => RequestBody::Replay(Replay::new(body, limit)),
-            None => RequestBody::Stream(body),
+            // A body known to be larger than the limit is sent once.
+            Some(limit) if body.size_hint().lower() <= limit as u64 => {
+                RequestBody::Replay(Replay::new(body, limit))
+            }
+            _ => RequestBody::Stream(body),
         }
     }
 
@@ -219,7 +223,7 @@ impl Body for RequestBody {
 /// body; Linkerd's proxy has its own for the same reason.
 pub struct Replay {
     shared: Arc<Mutex<Shared>>,
-    /// The next buffered frame this copy sends.
+    /// Data frames this copy has sent.
     pos: usize,
     /// The client's stream, while this copy is the one reading it.
     inner: Option<Incoming>,
@@ -228,7 +232,10 @@ pub struct Replay {
 }
 
 struct Shared {
+    /// The data frames read so far, while they fit in `limit`.
     frames: Vec<Bytes>,
+    /// How many data frames have been read from the client (kept or not).
+    read: usize,
     len: usize,
     limit: usize,
     /// More than `limit` was read: nothing can be replayed.
@@ -242,12 +249,12 @@ struct Shared {
 impl Replay {
     fn new(body: Incoming, limit: usize) -> Self {
         let size_hint = body.size_hint();
-        let overflow = size_hint.lower() > limit as u64;
         let shared = Shared {
             frames: Vec::new(),
+            read: 0,
             len: 0,
             limit,
-            overflow,
+            overflow: false,
             inner: Some(body),
             trailers: None,
             ended: false,
@@ -258,26 +265,30 @@ impl Replay {
 
     fn try_clone(&self) -> Option<Self> {
         let shared = self.shared.lock().ok()?;
-        // The first copy may not have been dropped yet (hyper lets go of a
-        // request body on its own time): then it cannot be replayed.
+        // A copy still held elsewhere (hyper lets go of a request body on
+        // its own time) keeps the stream: then there is nothing to send.
         let available = shared.ended || shared.inner.is_some();
         if shared.overflow || !available {
             return None;
         }
         drop(shared);
-        let inner = None;
         Some(Self {
             shared: self.shared.clone(),
             pos: 0,
-            inner,
+            inner: None,
             trailers_sent: false,
             size_hint: self.size_hint,
         })
     }
 
+    /// A copy sends exactly the client's body or fails: it replays what was
+    /// kept, then reads on only if it has sent every frame read so far.
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut shared = self.shared.lock().expect("replay lock");
-        if !shared.overflow && self.pos < shared.frames.len() {
+        if self.pos < shared.read {
+            if shared.overflow {
+                return Poll::Ready(Some(Err("the request body was too large to send again".into())));
+            }
             self.pos += 1;
             return Poll::Ready(Some(Ok(Frame::data(shared.frames[self.pos - 1].clone()))));
         }
@@ -316,15 +327,14 @@ impl Replay {
                             }
                             continue;
                         }
-                        if !shared.overflow {
-                            shared.len += data.len();
-                            if shared.len > shared.limit {
-                                shared.overflow = true;
-                                shared.frames = Vec::new();
-                            } else {
-                                shared.frames.push(data.clone());
-                                self.pos = shared.frames.len();
-                            }
+                        shared.read += 1;
+                        self.pos = shared.read;
+                        shared.len += data.len();
+                        if shared.len > shared.limit {
+                            shared.overflow = true;
+                            shared.frames = Vec::new();
+                        } else if !shared.overflow {
+                            shared.frames.push(data.clone());
                         }
                     } else if let Some(t) = f.trailers_ref() {
                         shared.trailers = Some(t.clone());
@@ -346,9 +356,7 @@ impl Replay {
     /// last frame carries END_STREAM.
     fn is_end_stream(&self) -> bool {
         let Ok(shared) = self.shared.lock() else { return false };
-        shared.ended
-            && (shared.overflow || self.pos >= shared.frames.len())
-            && (self.trailers_sent || shared.trailers.is_none())
+        shared.ended && self.pos >= shared.read && (self.trailers_sent || shared.trailers.is_none())
     }
 
     fn size_hint(&self) -> SizeHint {

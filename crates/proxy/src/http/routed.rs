@@ -60,21 +60,29 @@ impl Conn {
         grpc: bool,
     ) -> Response<ResponseBody> {
         let router = service.router.as_ref().expect("a routed service has a router");
-        let Some((_, rule)) = router.select(&req, grpc) else {
+        let Some(selected) = router.select(&req, grpc) else {
             return self.fail(None, ProxyError::NoOutboundRoute { service: service.name.clone() }, grpc);
         };
+        let rule = selected.rule;
+        let prefix = selected.prefix();
         let series = rule.series(grpc, &self.proxy.metrics.routes);
 
         // Filters that answer in place of a backend.
         if let Some(redirect) = &rule.redirect {
-            let rsp = redirect_response(redirect, &req, &authority, rule);
+            let rsp = redirect_response(redirect, &req, &authority, prefix);
             series.request(Some(rsp.status().as_u16()), None, started.elapsed(), 0);
             return rsp;
         }
         if let Some(abort) = rule.abort.as_ref().filter(|a| a.ratio.hit()) {
-            let rsp = injected(abort.status, abort.grpc || grpc, &abort.message);
-            let status = if abort.grpc || grpc { Some(abort.status) } else { Some(rsp.status().as_u16()) };
-            series.request(status, None, started.elapsed(), 0);
+            // An HTTP route's status becomes a gRPC code for gRPC clients.
+            let (status, as_grpc) = match (abort.grpc, grpc) {
+                (true, _) => (abort.status, true),
+                (false, true) => (grpc_code_for(abort.status), true),
+                (false, false) => (abort.status, false),
+            };
+            let rsp = injected(status, as_grpc, &abort.message);
+            let status = if as_grpc { status } else { rsp.status().as_u16() };
+            series.request(Some(status), None, started.elapsed(), 0);
             return rsp;
         }
         if let Some((ratio, delay)) = rule.delay {
@@ -97,7 +105,7 @@ impl Conn {
                 }
             }
             if let Some(path) = &rewrite.path {
-                let new = path.apply(req.uri().path(), rule.matched_prefix(req.uri().path()));
+                let new = path.apply(req.uri().path(), prefix);
                 let pq = match req.uri().query() {
                     Some(q) => format!("{new}?{q}"),
                     None => new,
@@ -132,11 +140,18 @@ impl Conn {
         }
         let mut attempts = 0u32;
         let attempts_loop = async {
+            // The first attempt takes the stream itself or a first copy.
+            let mut this_body = match body.take() {
+                Some(RequestBody::Stream(stream)) => RequestBody::Stream(stream),
+                Some(b) => {
+                    let first = b.try_clone().unwrap_or(RequestBody::Empty);
+                    body = Some(b);
+                    first
+                }
+                None => RequestBody::Empty,
+            };
             loop {
                 attempts += 1;
-                let Some(this_body) = next_body(&mut body) else {
-                    unreachable!("the first attempt always has a body")
-                };
                 let outcome = self.attempt(&service, rule, series, &head, this_body, grpc).await;
                 let Some(retry) = &rule.retry else { return outcome };
                 let wants_retry = match &outcome {
@@ -144,7 +159,7 @@ impl Conn {
                     Err(e) => e.retryable(),
                 };
                 if !wants_retry {
-                    if attempts > 1 {
+                    if attempts > 1 && outcome.as_ref().is_ok_and(|a| succeeded(&a.rsp, grpc)) {
                         series.retry(RetryOutcome::Succeeded);
                     }
                     return outcome;
@@ -153,14 +168,19 @@ impl Conn {
                     series.retry(RetryOutcome::LimitExceeded);
                     return outcome;
                 }
-                // Only with a body to send again, and within the budget.
-                let replayable = body.as_ref().is_some_and(|b| b.try_clone().is_some());
-                if !replayable || !router.budget.withdraw() {
+                // Only with a body to send again (this copy, made now, is
+                // the one sent), and within the budget.
+                let Some(next) = body.as_ref().and_then(RequestBody::try_clone) else {
+                    series.retry(RetryOutcome::Overflow);
+                    return outcome;
+                };
+                if !router.budget.withdraw() {
                     series.retry(RetryOutcome::Overflow);
                     return outcome;
                 }
                 series.retry(RetryOutcome::Retried);
                 drop(outcome);
+                this_body = next;
                 tokio::time::sleep(retry.backoff(attempts)).await;
             }
         };
@@ -249,7 +269,11 @@ impl Conn {
     ) -> Result<Answered, ProxyError> {
         let backend =
             rule.pick_backend().ok_or_else(|| ProxyError::NoBackend { service: service.name.clone() })?;
-        let picked = match backend.balancer.pick_within_for(backend.failfast, rule.breaker.as_deref()).await {
+        let picked = match backend
+            .balancer
+            .pick_within_for(backend.failfast, rule.breaker.as_deref(), backend.accrual.as_ref())
+            .await
+        {
             Pick::Endpoint(p) => p,
             Pick::Empty => return Err(ProxyError::NoEndpoints { service: backend.name.clone() }),
             Pick::AllFailing => return Err(ProxyError::CircuitOpen { service: backend.name.clone() }),
@@ -279,12 +303,15 @@ impl Conn {
                 let failed = rsp.status().is_server_error() || (grpc && code.is_some_and(is_grpc_failure));
                 picked.record(!failed, rule.breaker.as_deref());
                 let status =
-                    if grpc { code.map(|c| c as u16).or(Some(0)) } else { Some(rsp.status().as_u16()) };
+                    if grpc { code.map(grpc_label).or(Some(0)) } else { Some(rsp.status().as_u16()) };
                 series.backend_response(&backend.meta, status, None);
                 Ok(Answered { rsp, picked, upgraded })
             }
             Err(error) => {
                 tracing::debug!(endpoint = %picked.addr(), %error, "attempt failed");
+                // A failure's wait counts in the latency estimate, so an
+                // endpoint that hangs is not taken for a fast one.
+                picked.responded();
                 picked.record(false, rule.breaker.as_deref());
                 series.backend_response(&backend.meta, None, Some(error.route_label()));
                 Err(error)
@@ -293,12 +320,28 @@ impl Conn {
     }
 }
 
-/// The body for the next attempt: the stream itself once, or a copy.
-fn next_body(body: &mut Option<RequestBody>) -> Option<RequestBody> {
-    match body {
-        Some(RequestBody::Stream(_)) => body.take(),
-        Some(b) => b.try_clone(),
-        None => None,
+/// Whether an answer is a success for the client (a retry that ended
+/// this way succeeded).
+fn succeeded(rsp: &Response<Incoming>, grpc: bool) -> bool {
+    let code = grpc_status(rsp.headers());
+    rsp.status().is_success() && (!grpc || code.is_none_or(|c| c == 0))
+}
+
+/// A gRPC status code as the route series label it: anything past the
+/// codes gRPC defines is UNKNOWN (so a peer cannot mint series).
+pub(crate) fn grpc_label(code: u32) -> u16 {
+    if code <= 16 { code as u16 } else { 2 }
+}
+
+/// The gRPC code for an HTTP status, as gRPC's own mapping has it.
+fn grpc_code_for(status: u16) -> u16 {
+    match status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
     }
 }
 
@@ -325,7 +368,7 @@ fn is_grpc_failure(code: u32) -> bool {
 /// dropped, and nothing about it reaches the client.
 async fn mirror(proxy: Arc<super::HttpProxy>, backend: Arc<Backend>, mut req: Request<RequestBody>) {
     let clients = &proxy.clients;
-    let Pick::Endpoint(picked) = backend.balancer.pick_for(None) else {
+    let Pick::Endpoint(picked) = backend.balancer.pick_for(None, None) else {
         tracing::debug!(backend = %backend.name, "mirror has no endpoints; copy dropped");
         return;
     };
@@ -354,13 +397,13 @@ fn redirect_response<B>(
     redirect: &Redirect,
     req: &Request<B>,
     authority: &Authority,
-    rule: &Rule,
+    prefix: Option<&str>,
 ) -> Response<ResponseBody> {
     let scheme = redirect.scheme.clone().unwrap_or_else(|| "http".into());
     let host = redirect.host.clone().unwrap_or_else(|| authority.host().to_string());
     let port = redirect.port.or(if redirect.host.is_some() { None } else { authority.port_u16() });
     let path = match &redirect.path {
-        Some(modifier) => modifier.apply(req.uri().path(), rule.matched_prefix(req.uri().path())),
+        Some(modifier) => modifier.apply(req.uri().path(), prefix),
         None => req.uri().path().to_string(),
     };
     let mut location = match port {

@@ -13,6 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// The longest an endpoint stays out at a time, whatever a policy says.
+pub const MAX_PENALTY: Duration = Duration::from_secs(24 * 3600);
+/// How long a probe holds the one slot at least.
+const PROBE_SLOT: Duration = Duration::from_secs(1);
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Consecutive {
     pub max_failures: u32,
@@ -28,8 +33,10 @@ pub struct State {
     /// Ejected until then; `None` while the endpoint is in.
     ejected_until: Option<Instant>,
     penalty: Duration,
-    /// The penalty is over and one request is finding out.
-    probing: bool,
+    /// The penalty is over and one request is finding out, until then: a
+    /// probe whose outcome never comes (its caller went away) frees the
+    /// slot when this passes.
+    probing: Option<Instant>,
 }
 
 /// What the balancer may do with an endpoint now.
@@ -45,16 +52,17 @@ impl State {
     pub fn standing(&self, now: Instant) -> Standing {
         match self.ejected_until {
             None => Standing::In,
-            Some(_) if self.probing => Standing::Out,
-            Some(until) if now >= until => Standing::Probe,
-            Some(_) => Standing::Out,
+            Some(until) if now < until => Standing::Out,
+            Some(_) if self.probing.is_some_and(|p| now < p) => Standing::Out,
+            Some(_) => Standing::Probe,
         }
     }
 
     /// A request is sent to the endpoint; a probe takes the one slot.
     pub fn claim(&mut self, now: Instant) {
         if self.standing(now) == Standing::Probe {
-            self.probing = true;
+            let slot = self.penalty.max(PROBE_SLOT);
+            self.probing = Some(now.checked_add(slot).unwrap_or(now + PROBE_SLOT));
         }
     }
 
@@ -65,17 +73,20 @@ impl State {
             return false;
         }
         self.failures = self.failures.saturating_add(1);
-        let penalty = if self.probing {
-            (self.penalty * 2).min(policy.max_penalty)
+        let penalty = if self.probing.is_some() {
+            self.penalty.saturating_mul(2).min(policy.max_penalty)
         } else if self.ejected_until.is_none() && self.failures >= policy.max_failures {
             policy.min_penalty
         } else {
             return false;
         };
-        self.probing = false;
-        self.penalty = penalty.max(Duration::from_millis(1));
-        let jitter = 1.0 + policy.jitter as f64 * crate::discovery::balance::fastrand(1000) as f64 / 1000.0;
-        self.ejected_until = Some(Instant::now() + self.penalty.mul_f64(jitter));
+        self.probing = None;
+        self.penalty = penalty.clamp(Duration::from_millis(1), MAX_PENALTY);
+        let spread = if policy.jitter.is_finite() { f64::from(policy.jitter.clamp(0.0, 100.0)) } else { 0.0 };
+        let jitter = 1.0 + spread * crate::discovery::balance::fastrand(1000) as f64 / 1000.0;
+        let now = Instant::now();
+        let wait = self.penalty.mul_f64(jitter).min(MAX_PENALTY * 101);
+        self.ejected_until = Some(now.checked_add(wait).unwrap_or(now + MAX_PENALTY));
         true
     }
 }
@@ -142,14 +153,31 @@ mod tests {
         assert_eq!(s.standing(later), Standing::Probe);
         s.claim(later);
         assert_eq!(s.standing(later), Standing::Out, "one probe at a time");
+        // A probe whose answer never comes frees the slot.
+        assert_eq!(s.standing(later + Duration::from_secs(2)), Standing::Probe);
         assert!(s.record(false, &p), "a failed probe ejects again");
         assert_eq!(s.penalty, Duration::from_millis(80));
-        s.probing = true;
+        s.probing = Some(Instant::now());
         s.record(false, &p);
         assert_eq!(s.penalty, Duration::from_millis(100), "capped at the maximum");
-        s.probing = true;
+        s.probing = Some(Instant::now());
         s.record(true, &p);
         assert_eq!(s.standing(Instant::now()), Standing::In);
+    }
+
+    #[test]
+    fn absurd_penalties_do_not_overflow() {
+        let p = Consecutive {
+            max_failures: 1,
+            min_penalty: Duration::MAX,
+            max_penalty: Duration::MAX,
+            jitter: f32::NAN,
+        };
+        let mut s = State::default();
+        assert!(s.record(false, &p));
+        assert_eq!(s.standing(Instant::now()), Standing::Out);
+        s.probing = Some(Instant::now());
+        assert!(s.record(false, &p));
     }
 
     #[test]

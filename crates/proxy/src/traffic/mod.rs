@@ -21,6 +21,9 @@ use tower::retry::budget::TpsBudget;
 /// retries, whose own limit applies).
 pub const MIRROR_MAX_BYTES: usize = 64 * 1024;
 
+/// The longest pause between retries, whatever a policy says.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
 /// The routes of one service port, and what they share.
 pub struct Router {
     /// The Service the routes hang off, for the `parent_*` metric labels.
@@ -85,7 +88,10 @@ pub struct Match {
 pub enum PathMatch {
     Exact(String),
     Prefix(String),
+    /// Anchored: it matches the whole path.
     Regex(regex_lite::Regex),
+    /// A gRPC method of any service: `/<service>/<method>`.
+    GrpcMethod(String),
 }
 
 #[derive(Clone, Debug)]
@@ -149,6 +155,8 @@ pub struct Backend {
     pub balancer: Arc<Balancer>,
     /// How long a request may wait for an endpoint before failing.
     pub failfast: Duration,
+    /// The service's circuit breaking for this backend's endpoints.
+    pub accrual: Option<Arc<accrual::Consecutive>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -185,34 +193,55 @@ impl Router {
     /// accept it, the most specific one (the Gateway API's precedence:
     /// exact path, then longest prefix, then method, then most header and
     /// most query matches), the earliest on a tie.
-    pub fn select<B>(&self, req: &Request<B>, grpc: bool) -> Option<(&Route, &Rule)> {
+    pub fn select<B>(&self, req: &Request<B>, grpc: bool) -> Option<Selected<'_>> {
         let routes = if grpc || self.grpc_only { &self.grpc } else { &self.http };
         // A gRPC request to a service without gRPC routes uses its HTTP
         // routes: gRPC is HTTP/2.
         let routes = if routes.is_empty() { &self.http } else { routes };
-        let mut best: Option<(Score, &Route, &Rule)> = None;
+        let mut best: Option<(Score, Selected<'_>)> = None;
         for route in routes {
             for rule in &route.rules {
-                let score = if rule.matches.is_empty() {
-                    Some(Score::default())
+                let found = if rule.matches.is_empty() {
+                    Some((Score::default(), None))
                 } else {
-                    rule.matches.iter().filter(|m| m.accepts(req)).map(Match::score).max()
+                    rule.matches
+                        .iter()
+                        .filter(|m| m.accepts(req))
+                        .map(|m| (m.score(), Some(m)))
+                        .max_by_key(|(s, _)| *s)
                 };
-                if let Some(score) = score {
-                    if best.as_ref().is_none_or(|(b, _, _)| score > *b) {
-                        best = Some((score, route, rule));
+                if let Some((score, matched)) = found {
+                    if best.as_ref().is_none_or(|(b, _)| score > *b) {
+                        best = Some((score, Selected { route, rule, matched }));
                     }
                 }
             }
         }
-        best.map(|(_, route, rule)| (route, rule))
+        best.map(|(_, selected)| selected)
+    }
+}
+
+/// The rule a request takes, and the match that took it.
+pub struct Selected<'a> {
+    pub route: &'a Route,
+    pub rule: &'a Rule,
+    pub matched: Option<&'a Match>,
+}
+
+impl Selected<'_> {
+    /// The path prefix the winning match matched, for prefix rewrites.
+    pub fn prefix(&self) -> Option<&str> {
+        match self.matched.and_then(|m| m.path.as_ref()) {
+            Some(PathMatch::Prefix(p)) => Some(p.as_str()),
+            _ => None,
+        }
     }
 }
 
 /// How specific a match is; greater wins.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 struct Score {
-    /// 3 exact, 2 regex, 1 prefix, 0 none.
+    /// 4 exact, 3 regex, 2 prefix, 1 gRPC method only, 0 none.
     path_kind: u8,
     path_len: usize,
     method: bool,
@@ -229,6 +258,10 @@ impl Match {
             None => true,
             Some(PathMatch::Exact(p)) => path == p,
             Some(PathMatch::Prefix(p)) => prefix_matches(path, p),
+            Some(PathMatch::GrpcMethod(m)) => path
+                .strip_prefix('/')
+                .and_then(|p| p.split_once('/'))
+                .is_some_and(|(service, method)| !service.is_empty() && method == m),
             Some(PathMatch::Regex(r)) => {
                 r.find(path).is_some_and(|m| m.start() == 0 && m.end() == path.len())
             }
@@ -247,9 +280,11 @@ impl Match {
     fn score(&self) -> Score {
         let (path_kind, path_len) = match &self.path {
             None => (0, 0),
-            Some(PathMatch::Exact(p)) => (3, p.len()),
-            Some(PathMatch::Regex(r)) => (2, r.as_str().len()),
-            Some(PathMatch::Prefix(p)) => (1, p.len()),
+            Some(PathMatch::Exact(p)) => (4, p.len()),
+            Some(PathMatch::Regex(r)) => (3, r.as_str().len()),
+            Some(PathMatch::Prefix(p)) => (2, p.len()),
+            // gRPC ranks a service match above a method-only one.
+            Some(PathMatch::GrpcMethod(m)) => (1, m.len()),
         };
         Score {
             path_kind,
@@ -283,10 +318,7 @@ impl ValueMatch {
     fn accepts(&self, value: &[u8]) -> bool {
         match self {
             ValueMatch::Exact(v) => v == value,
-            ValueMatch::Regex(r) => std::str::from_utf8(value)
-                .ok()
-                .and_then(|s| r.find(s))
-                .is_some_and(|m| m.start() == 0 && m.end() == value.len()),
+            ValueMatch::Regex(r) => std::str::from_utf8(value).is_ok_and(|s| r.is_match(s)),
         }
     }
 }
@@ -319,15 +351,6 @@ impl Rule {
                 None
             }
         }
-    }
-
-    /// The path a prefix modifier replaces: the matched prefix of the
-    /// first prefix match that accepts the path.
-    pub fn matched_prefix(&self, path: &str) -> Option<&str> {
-        self.matches.iter().find_map(|m| match &m.path {
-            Some(PathMatch::Prefix(p)) if prefix_matches(path, p) => Some(p.as_str()),
-            _ => None,
-        })
     }
 }
 
@@ -397,7 +420,7 @@ impl Retry {
     /// The pause before retry number `n` (from 1): exponential, jittered.
     pub fn backoff(&self, n: u32) -> Duration {
         let (min, max) = self.backoff;
-        let base = min.saturating_mul(1 << n.saturating_sub(1).min(16)).min(max);
+        let base = min.saturating_mul(1 << n.saturating_sub(1).min(16)).min(max).min(MAX_BACKOFF);
         let jitter = crate::discovery::balance::fastrand(1000) as u32;
         base.mul_f64(0.5) + base.mul_f64(0.5) * jitter / 1000
     }

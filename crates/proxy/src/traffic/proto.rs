@@ -90,17 +90,17 @@ pub fn router(
         proxy_protocol::Kind::Http2(h) => (h.routes.as_slice(), &[][..], false, h.failure_accrual.as_ref()),
         proxy_protocol::Kind::Grpc(g) => (&[][..], g.routes.as_slice(), true, g.failure_accrual.as_ref()),
     };
-    let accrual = accrual.map(consecutive).transpose()?.flatten();
+    let accrual = accrual.map(consecutive).transpose()?.flatten().map(Arc::new);
 
     let mut bind_backend = |b: &out::Backend| -> Result<Arc<Backend>, InvalidPolicy> {
         let spec = backend_spec(b)?;
         let balancer = bind.balancer(&spec);
-        balancer.set_accrual(accrual.clone());
         Ok(Arc::new(Backend {
             meta: Arc::new(spec.meta),
             name: spec.name,
             balancer,
             failfast: spec.failfast,
+            accrual: accrual.clone(),
         }))
     };
 
@@ -348,8 +348,9 @@ fn ratio(r: Option<&api::Ratio>) -> Ratio {
     }
 }
 
+/// A regex that must match the whole value, as route matches mean.
 fn regex(pattern: &str) -> Result<regex_lite::Regex, InvalidPolicy> {
-    regex_lite::Regex::new(pattern).map_err(|_| InvalidPolicy::Field("regex"))
+    regex_lite::Regex::new(&format!("^(?:{pattern})$")).map_err(|_| InvalidPolicy::Field("regex"))
 }
 
 fn value_match(exact: Option<&[u8]>, re: Option<&str>) -> Result<ValueMatch, InvalidPolicy> {
@@ -412,9 +413,7 @@ fn grpc_match(m: &grpc_route::GrpcRouteMatch) -> Result<Match, InvalidPolicy> {
             Some(PathMatch::Exact(format!("/{}/{}", rpc.service, rpc.method)))
         }
         Some(rpc) if !rpc.service.is_empty() => Some(PathMatch::Prefix(format!("/{}", rpc.service))),
-        Some(rpc) if !rpc.method.is_empty() => {
-            Some(PathMatch::Regex(regex(&format!("/[^/]+/{}", regex_lite::escape(&rpc.method)))?))
-        }
+        Some(rpc) if !rpc.method.is_empty() => Some(PathMatch::GrpcMethod(rpc.method.clone())),
         _ => None,
     };
     Ok(Match { path, headers: headers(&m.headers)?, query: vec![], method: None })

@@ -123,10 +123,8 @@ fn the_most_specific_match_wins() {
         },
     ];
     let router = router(&policy(rules, None), &mut bind()).unwrap().unwrap();
-    let backend_of = |req: &Request<()>| {
-        let (_, rule) = router.select(req, false).unwrap();
-        rule.backends[0].backend.meta.name.clone()
-    };
+    let backend_of =
+        |req: &Request<()>| router.select(req, false).unwrap().rule.backends[0].backend.meta.name.clone();
     assert_eq!(backend_of(&get("/")), "root");
     assert_eq!(backend_of(&get("/apix")), "root", "prefixes match whole segments");
     assert_eq!(backend_of(&get("/api/v2")), "api");
@@ -142,7 +140,7 @@ fn splits_follow_weights() {
         ..Default::default()
     }];
     let router = router(&policy(rules, None), &mut bind()).unwrap().unwrap();
-    let (_, rule) = router.select(&get("/"), false).unwrap();
+    let rule = router.select(&get("/"), false).unwrap().rule;
     let mut v2 = 0;
     for _ in 0..20_000 {
         match rule.pick_backend().unwrap().meta.name.as_str() {
@@ -192,7 +190,8 @@ fn timeouts_retries_and_weft_additions_are_read() {
         retry_budget: None,
     };
     let router = router(&policy(rules, Some(ext)), &mut bind()).unwrap().unwrap();
-    let (_, rule) = router.select(&get("/slow/x"), false).unwrap();
+    let selected = router.select(&get("/slow/x"), false).unwrap();
+    let rule = selected.rule;
     assert_eq!(rule.timeouts.request, Some(Duration::from_millis(200)));
     let retry = rule.retry.as_ref().unwrap();
     assert_eq!(retry.max_retries, 2);
@@ -203,7 +202,7 @@ fn timeouts_retries_and_weft_additions_are_read() {
     assert_eq!(rule.mirrors.len(), 1);
     assert_eq!(rule.mirrors[0].0.name, "shadow.shop.svc.cluster.local:80");
     let rewrite = rule.rewrite.as_ref().unwrap().path.as_ref().unwrap();
-    assert_eq!(rewrite.apply("/slow/x", rule.matched_prefix("/slow/x")), "/v2/x");
+    assert_eq!(rewrite.apply("/slow/x", selected.prefix()), "/v2/x");
     assert!(router.select(&get("/other"), false).is_none(), "no rule matches /other");
 }
 
@@ -244,4 +243,40 @@ fn retry_backoff_grows_and_stays_bounded() {
         let b = retry.backoff(n);
         assert!(b <= Duration::from_millis(40) && b >= Duration::from_millis(5), "{b:?}");
     }
+}
+
+#[test]
+fn regexes_match_whole_values_and_rewrites_use_the_winning_match() {
+    let regex = api::HttpRouteMatch {
+        path: Some(api::PathMatch { kind: Some(api::path_match::Kind::Regex("/a|/ab".into())) }),
+        ..Default::default()
+    };
+    let v1_with_header = api::HttpRouteMatch {
+        headers: vec![api::HeaderMatch {
+            name: "x".into(),
+            value: Some(api::header_match::Value::Exact(b"1".to_vec())),
+        }],
+        ..prefix("/v1")
+    };
+    let rules = vec![
+        out::http_route::Rule {
+            matches: vec![regex],
+            backends: weighted(&[("re", 1)]),
+            ..Default::default()
+        },
+        out::http_route::Rule {
+            matches: vec![v1_with_header, prefix("/")],
+            backends: weighted(&[("v1", 1)]),
+            ..Default::default()
+        },
+    ];
+    let router = router(&policy(rules, None), &mut bind()).unwrap().unwrap();
+    let name =
+        |path: &str| router.select(&get(path), false).unwrap().rule.backends[0].backend.meta.name.clone();
+    assert_eq!(name("/ab"), "re", "an alternation matches the whole path");
+    assert_eq!(name("/abc"), "v1", "a regex does not match a path it only starts");
+    // Taken by `/`, not by the `/v1` match that needed a header.
+    assert_eq!(router.select(&get("/v1/a"), false).unwrap().prefix(), Some("/"));
+    let with_header = Request::builder().uri("/v1/a").header("x", "1").body(()).unwrap();
+    assert_eq!(router.select(&with_header, false).unwrap().prefix(), Some("/v1"));
 }
