@@ -280,7 +280,7 @@ fn server_policy(
     let attached = |kind: Kind| {
         index.in_namespace(kind, &w.ns).filter_map(|r| {
             let Resource::Other(g) = r else { return None };
-            let spec: RouteSpec = serde_json::from_value(g.spec.clone()).ok()?;
+            let spec = RouteSpec::from_value(&g.spec).ok()?;
             let attaches = spec.parent_refs.iter().any(|p| {
                 p.group.as_deref() == Some(POLICY_GROUP)
                     && p.kind.as_deref() == Some("Server")

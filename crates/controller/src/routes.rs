@@ -34,7 +34,7 @@ fn attached<'a>(
 ) -> impl Iterator<Item = (&'a Resource, RouteSpec)> + 'a {
     index.in_namespace(kind, &sp.namespace).filter_map(move |r| {
         let Resource::Other(route) = r else { return None };
-        let spec: RouteSpec = serde_json::from_value(route.spec.clone()).ok()?;
+        let spec = RouteSpec::from_value(&route.spec).ok()?;
         spec.attaches_to_service(&sp.namespace, &sp.name, sp.port).then_some((r, spec))
     })
 }

@@ -146,9 +146,11 @@ impl RouteTraffic {
     pub(crate) fn extension(&self, rule: usize) -> RuleExtension {
         RuleExtension {
             rule: rule as u32,
+            // A zero delay is no delay.
             delay: self
                 .fault
                 .delay
+                .filter(|d| !d.duration.is_zero())
                 .map(|d| Delay { ratio: Some(ratio(d.percent)), duration: duration(d.duration) }),
             failure_accrual: self.accrual.as_ref().map(failure_accrual),
             ..Default::default()
@@ -169,13 +171,20 @@ pub(crate) fn duration(d: Duration) -> Option<prost_types::Duration> {
     prost_types::Duration::try_from(d).ok()
 }
 
+/// A duration as the proxy API carries it, zero included; a longer one
+/// than protobuf holds is capped at a year.
+fn exact(d: Duration) -> Option<prost_types::Duration> {
+    prost_types::Duration::try_from(d.min(Duration::from_secs(365 * 24 * 3600))).ok()
+}
+
 pub(crate) fn failure_accrual(a: &Accrual) -> FailureAccrual {
     FailureAccrual {
         kind: Some(failure_accrual::Kind::ConsecutiveFailures(failure_accrual::ConsecutiveFailures {
             max_failures: a.max_failures,
+            // Always set, zero included: the stock proxy requires both.
             backoff: Some(ExponentialBackoff {
-                min_backoff: duration(a.min_penalty),
-                max_backoff: duration(a.max_penalty),
+                min_backoff: exact(a.min_penalty),
+                max_backoff: exact(a.max_penalty),
                 jitter_ratio: a.jitter_ratio,
                 respect_retry_after_hint: false,
             }),

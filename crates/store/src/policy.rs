@@ -305,7 +305,7 @@ pub(crate) fn validate(resource: &Resource) -> Result<(), String> {
             Ok(())
         }
         Kind::PolicyHttpRoute | Kind::GatewayHttpRoute | Kind::GatewayGrpcRoute => {
-            let s: traffic::RouteSpec = spec(&r.spec)?;
+            let s = traffic::RouteSpec::from_value(&r.spec).map_err(|e| e.to_string())?;
             traffic::validate_route(&s, r.kind == Kind::GatewayGrpcRoute)?;
             traffic::annotations::validate(r.metadata.annotations.as_ref(), true)
         }
@@ -336,7 +336,8 @@ mod tests {
         let target = "apiVersion: policy.linkerd.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: shop}\nspec:\n  targetRef: {group: apps, kind: Deployment, name: web}\n  requiredAuthenticationRefs: [{group: policy.linkerd.io, kind: MeshTLSAuthentication, name: m}]\n";
         assert!(reason(target).contains("is not a Namespace"), "{}", reason(target));
         let route = "apiVersion: policy.linkerd.io/v1beta3\nkind: HTTPRoute\nmetadata: {name: r, namespace: shop}\nspec:\n  parentRefs: [{group: policy.linkerd.io, kind: Server, name: web}]\n";
-        assert!(reason(route).contains("at least one rule"), "{}", reason(route));
+        // No rules is the Gateway API's one catch-all rule.
+        assert_eq!(reason(route), "accepted");
         let server = "apiVersion: policy.linkerd.io/v1beta3\nkind: Server\nmetadata: {name: s, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  port: http\n  proxyProtocol: HTTP/3\n";
         assert!(reason(server).contains("proxyProtocol \"HTTP/3\""), "{}", reason(server));
         let server = server.replace("  proxyProtocol: HTTP/3\n", "  accessPolicy: audit\n");

@@ -179,6 +179,16 @@ pub struct Fraction {
 // === impl RouteSpec ===
 
 impl RouteSpec {
+    /// A route's spec as the Gateway API reads it: no `rules` is one rule
+    /// that matches everything and goes to the parent.
+    pub fn from_value(v: &serde_json::Value) -> Result<Self, serde_json::Error> {
+        let mut spec: Self = serde_json::from_value(v.clone())?;
+        if spec.rules.is_empty() {
+            spec.rules.push(Rule::default());
+        }
+        Ok(spec)
+    }
+
     /// Whether a parent is the service port `namespace/name:port` (a route
     /// in `route_ns`).
     pub fn attaches_to_service(&self, route_ns: &str, name: &str, port: u16) -> bool {
@@ -262,8 +272,44 @@ pub fn quantity_milli(v: &serde_json::Value) -> Result<u32, String> {
         _ => None,
     };
     match milli {
-        Some(m) if (0.0..=u32::MAX as f64).contains(&m) => Ok(m.round() as u32),
-        _ => Err(format!("{v} is not a weight such as 1, 0.5 or 500m")),
+        Some(m) if (0.0..=MAX_QUANTITY_MILLI as f64).contains(&m) => Ok(m.round() as u32),
+        _ => {
+            Err(format!("{v} is not a weight such as 1, 0.5 or 500m (at most {})", MAX_QUANTITY_MILLI / 1000))
+        }
+    }
+}
+
+/// The largest weight as a quantity (in thousandths): many of them still
+/// add up within 32 bits, as proxies add them.
+pub const MAX_QUANTITY_MILLI: u32 = 100_000_000;
+
+/// The largest backendRef weight (the Gateway API's own maximum).
+pub const MAX_WEIGHT: u32 = 1_000_000;
+
+/// A Kubernetes object name used in a DNS name (a Service, a namespace):
+/// lowercase letters, digits and '-', starting and ending with a letter or
+/// digit, at most 63 characters.
+pub fn dns_label(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not a DNS label (lowercase letters, digits and '-', at most 63)"))
+    }
+}
+
+/// The HTTP methods a route can match.
+pub fn http_method(m: &str) -> Result<(), String> {
+    const METHODS: [&str; 9] =
+        ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+    if METHODS.contains(&m) {
+        Ok(())
+    } else {
+        Err(format!("{m:?} is not an HTTP method ({})", METHODS.join(", ")))
     }
 }
 

@@ -354,3 +354,16 @@ fn grpc_routes_win_over_http_routes() {
     let policy = policy_of(&(service("") + HTTP_ROUTE + "---\n" + GRPC_ROUTE));
     assert_eq!(grpc_routes(&policy).0.len(), 1);
 }
+
+#[test]
+fn zero_penalties_and_delays_stay_valid() {
+    let annotations = "balancer.linkerd.io/failure-accrual: consecutive, balancer.linkerd.io/failure-accrual-consecutive-min-penalty: 0s, fault.weft.io/delay: 0s";
+    let route = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: { name: r, namespace: shop, annotations: { fault.weft.io/delay: 0s } }\nspec:\n  parentRefs: [{ group: core, kind: Service, name: web, port: 80 }]\n";
+    let policy = policy_of(&format!("{}{route}", service(annotations)));
+    let Some(proxy_protocol::Kind::Detect(detect)) = policy.protocol.clone().unwrap().kind else { panic!() };
+    // The stock proxy requires both backoff bounds, zero included.
+    assert_eq!(consecutive(&detect.http1.unwrap().failure_accrual.unwrap()).1, secs(0, 0));
+    // A zero delay is no delay, and a route without rules is one catch-all rule.
+    assert!(policy.weft.as_ref().is_none_or(|w| w.rules.iter().all(|r| r.delay.is_none())), "{policy:?}");
+    assert_eq!(http_routes(&policy)[0].rules.len(), 1);
+}

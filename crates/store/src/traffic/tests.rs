@@ -32,7 +32,7 @@ fn good_routes_are_accepted() {
     - { type: RequestHeaderModifier, requestHeaderModifier: { add: [{ name: x-a, value: b }], remove: [x-c] } }
     - { type: URLRewrite, urlRewrite: { hostname: other, path: { type: ReplacePrefixMatch, replacePrefixMatch: /v2 } } }
     - { type: RequestMirror, requestMirror: { backendRef: { name: shadow, port: 80 }, fraction: { numerator: 1, denominator: 10 } } }
-    timeouts: { request: 10s, backendRequest: 1m30s }
+    timeouts: { request: 10s, backendRequest: 5s }
     backendRefs: [{ name: web, port: 80, weight: 0 }]"#;
     assert_eq!(http(rule), "accepted");
     let grpc = reason(&route(
@@ -65,6 +65,13 @@ fn bad_routes_are_rejected_naming_the_field() {
         ),
         ("timeouts: { request: \"10\" }", "rules[0].timeouts.request: \"10\" is not a duration"),
         ("timeouts: { backendRequest: soon }", "timeouts.backendRequest: \"soon\" is not a duration"),
+        (
+            "timeouts: { request: 1s, backendRequest: 2s }",
+            "timeouts.backendRequest: 2s is longer than the request timeout 1s",
+        ),
+        ("backendRefs: [{ name: Web_1 }]", "backendRefs[0].name: \"Web_1\" is not a DNS label"),
+        ("backendRefs: [{ name: web, weight: 2000000 }]", "backendRefs[0].weight: at most 1000000"),
+        ("matches: [{ method: GETT }]", "rules[0].matches[0].method: \"GETT\" is not an HTTP method"),
         ("backendRefs: [{ kind: Pod, name: web }]", "backendRefs[0].kind: /Pod is not a Service"),
         (
             "filters: [{ type: URLRewrite, urlRewrite: { path: { type: ReplacePrefixMatch, replacePrefixMatch: /v2 } } }]",
@@ -135,6 +142,16 @@ fn profiles_and_splits_are_checked() {
     assert_eq!(
         profile("  dstOverrides: [{ authority: web-v2.shop.svc.cluster.local:80, weight: 900m }]\n"),
         "accepted"
+    );
+    // A condition that would expand to 20^3 matches, and bad statuses.
+    let any20 = format!("{{ any: [{}] }}", vec!["{ method: GET }"; 20].join(", "));
+    let explosive = format!("  routes: [{{ name: r, condition: {{ all: [{any20}, {any20}, {any20}] }} }}]\n");
+    assert!(profile(&explosive).contains("make 8000 matches; at most 64"), "{}", profile(&explosive));
+    let statuses = "  routes: [{ name: r, responseClasses: [{ condition: { status: { min: 700, max: 800 } }, isFailure: true }] }]\n";
+    assert!(profile(statuses).contains("is not a range of HTTP statuses"), "{}", profile(statuses));
+    assert!(
+        profile("  retryBudget: { retryRatio: 5000, minRetriesPerSecond: 1, ttl: 10s }\n")
+            .contains("retryRatio")
     );
     let split = "apiVersion: split.smi-spec.io/v1alpha2\nkind: TrafficSplit\nmetadata: { name: s, namespace: shop }\nspec:\n  service: web\n  backends: []\n";
     assert!(reason(split).contains("backends: at least one backend"), "{}", reason(split));

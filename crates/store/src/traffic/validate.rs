@@ -9,9 +9,6 @@ use super::{
 /// What the serde types alone do not check, for HTTPRoutes (`grpc: false`)
 /// and GRPCRoutes.
 pub fn validate_route(spec: &RouteSpec, grpc: bool) -> Result<(), String> {
-    if spec.rules.is_empty() {
-        return Err("a route needs at least one rule".into());
-    }
     for (i, rule) in spec.rules.iter().enumerate() {
         validate_rule(rule, grpc).map_err(|e| format!("rules[{i}].{e}"))?;
     }
@@ -34,9 +31,19 @@ fn validate_rule(rule: &Rule, grpc: bool) -> Result<(), String> {
         }
     }
     if let Some(t) = &rule.timeouts {
-        for (field, value) in [("request", &t.request), ("backendRequest", &t.backend_request)] {
+        let mut parsed = [None, None];
+        for (i, (field, value)) in
+            [("request", &t.request), ("backendRequest", &t.backend_request)].into_iter().enumerate()
+        {
             if let Some(v) = value {
-                parse_duration(v).map_err(|e| format!("timeouts.{field}: {e}"))?;
+                parsed[i] = Some(parse_duration(v).map_err(|e| format!("timeouts.{field}: {e}"))?);
+            }
+        }
+        if let [Some(request), Some(backend)] = parsed {
+            if !request.is_zero() && backend > request {
+                return Err(format!(
+                    "timeouts.backendRequest: {backend:?} is longer than the request timeout {request:?}"
+                ));
             }
         }
     }
@@ -56,8 +63,15 @@ fn validate_backend(b: &BackendRef) -> Result<(), String> {
     if b.name.is_empty() {
         return Err("name is missing".into());
     }
+    super::dns_label(&b.name).map_err(|e| format!("name: {e}"))?;
+    if let Some(ns) = &b.namespace {
+        super::dns_label(ns).map_err(|e| format!("namespace: {e}"))?;
+    }
     if b.port == Some(0) {
         return Err("port: 0 is not a port".into());
+    }
+    if b.weight.is_some_and(|w| w > super::MAX_WEIGHT) {
+        return Err(format!("weight: at most {}", super::MAX_WEIGHT));
     }
     Ok(())
 }
@@ -91,8 +105,7 @@ fn validate_match(m: &Match, grpc: bool) -> Result<(), String> {
     match (&m.method, grpc) {
         (None, _) => {}
         (Some(Method::Http(method)), false) => {
-            http::Method::from_bytes(method.as_bytes())
-                .map_err(|_| format!("method: {method:?} is not an HTTP method"))?;
+            super::http_method(method).map_err(|e| format!("method: {e}"))?;
         }
         (Some(Method::Grpc(g)), true) => {
             match g.kind.as_deref().unwrap_or("Exact") {
