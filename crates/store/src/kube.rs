@@ -58,64 +58,73 @@ const CUSTOM: &[(Kind, &str, &str, &str, &str)] = &[
     (Kind::TrafficSplit, "split.smi-spec.io", "v1alpha2", "TrafficSplit", "trafficsplits"),
 ];
 
-/// Watches every kind until the task is dropped. Watch errors (an API
-/// server away, a CRD not installed) are logged and retried with backoff;
-/// the index keeps what it has.
+/// Watches every kind until the task is dropped, the watchers with it.
+/// Watch errors (an API server away, a CRD not installed) are logged and
+/// retried with backoff; the index keeps what it has.
 pub async fn run(client: Client, index: SharedIndex) {
-    let mut watches = vec![
-        tokio::spawn(watch_typed(
+    // A JoinSet: dropping `run` aborts every watcher with it.
+    let mut watches = tokio::task::JoinSet::new();
+    for watch in [
+        Box::pin(watch_typed(
             Api::<Namespace>::all(client.clone()),
             index.clone(),
             Kind::Namespace,
             Resource::Namespace,
         )),
-        tokio::spawn(watch_typed(Api::<Service>::all(client.clone()), index.clone(), Kind::Service, |s| {
+        Box::pin(watch_typed(Api::<Service>::all(client.clone()), index.clone(), Kind::Service, |s| {
             Resource::Service(Box::new(s))
         })),
-        tokio::spawn(watch_typed(
+        Box::pin(watch_typed(
             Api::<Endpoints>::all(client.clone()),
             index.clone(),
             Kind::Endpoints,
             Resource::Endpoints,
         )),
-        tokio::spawn(watch_typed(
+        Box::pin(watch_typed(
             Api::<EndpointSlice>::all(client.clone()),
             index.clone(),
             Kind::EndpointSlice,
             Resource::EndpointSlice,
         )),
-        tokio::spawn(watch_typed(Api::<Pod>::all(client.clone()), index.clone(), Kind::Pod, |p| {
+        Box::pin(watch_typed(Api::<Pod>::all(client.clone()), index.clone(), Kind::Pod, |p| {
             Resource::Pod(Box::new(p))
         })),
-        tokio::spawn(watch_typed(
+        Box::pin(watch_typed(
             Api::<ServiceAccount>::all(client.clone()),
             index.clone(),
             Kind::ServiceAccount,
             Resource::ServiceAccount,
         )),
-        tokio::spawn(watch_typed(
+        Box::pin(watch_typed(
             Api::<crate::resource::ExternalWorkload>::all(client.clone()),
             index.clone(),
             Kind::ExternalWorkload,
             Resource::ExternalWorkload,
         )),
-    ];
+    ] as [std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>; 7]
+    {
+        watches.spawn(watch);
+    }
     for &(kind, group, version, name, plural) in CUSTOM {
         let resource =
             ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, name), plural);
         let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
         let api_version = format!("{group}/{version}");
-        watches.push(tokio::spawn(watch_typed(api, index.clone(), kind, move |obj: DynamicObject| {
+        watches.spawn(watch_typed(api, index.clone(), kind, move |obj: DynamicObject| {
             Resource::Other(Generic {
                 kind,
                 api_version: api_version.clone(),
                 spec: obj.data.get("spec").cloned().unwrap_or_else(|| serde_json::json!({})),
                 metadata: obj.metadata,
             })
-        })));
+        }));
     }
-    for watch in watches {
-        let _ = watch.await;
+    while let Some(ended) = watches.join_next().await {
+        if let Err(error) = ended {
+            if error.is_panic() {
+                tracing::error!(%error, "a Kubernetes watcher panicked; that kind no longer updates");
+            }
+        }
     }
 }
 
