@@ -168,7 +168,22 @@ pub struct RouteMetrics {
     metrics: Arc<Metrics>,
     labels: HttpLabels,
     requests: Counter,
+    /// Response handles already resolved for this route: a connection
+    /// keeps its route, so most responses record with an atomic add
+    /// instead of hashing the label set again.
+    seen: Arc<std::sync::Mutex<Seen>>,
 }
+
+type ResponseKey = (u16, Option<u32>, Class, Option<&'static str>);
+
+#[derive(Default)]
+struct Seen {
+    latency: Vec<(u16, Histogram)>,
+    responses: Vec<(ResponseKey, Counter)>,
+}
+
+/// How many distinct statuses a route remembers handles for.
+const SEEN_MAX: usize = 16;
 
 // === impl Metrics ===
 
@@ -305,7 +320,12 @@ impl Metrics {
     }
 
     pub fn route(self: &Arc<Self>, labels: HttpLabels) -> RouteMetrics {
-        RouteMetrics { requests: self.requests.get_or_create_owned(&labels), metrics: self.clone(), labels }
+        RouteMetrics {
+            requests: self.requests.get_or_create_owned(&labels),
+            metrics: self.clone(),
+            labels,
+            seen: Default::default(),
+        }
     }
 }
 
@@ -331,22 +351,36 @@ impl RouteMetrics {
     }
 
     pub fn response_headers(&self, status_code: u16, started: Instant) {
-        let labels = LatencyLabels { route: self.labels.clone(), status_code };
         let ms = started.elapsed().as_secs_f64() * 1_000.0;
-        self.metrics.latency.get_or_create(&labels).observe(ms);
+        let mut seen = self.seen.lock().expect("route metrics lock");
+        if let Some((_, h)) = seen.latency.iter().find(|(s, _)| *s == status_code) {
+            h.observe(ms);
+            return;
+        }
+        let labels = LatencyLabels { route: self.labels.clone(), status_code };
+        let h = self.metrics.latency.get_or_create_owned(&labels);
+        h.observe(ms);
+        if seen.latency.len() < SEEN_MAX {
+            seen.latency.push((status_code, h));
+        }
     }
 
     pub fn response_end(&self, status_code: u16, grpc_status: Option<u32>, error: Option<&'static str>) {
         let success =
             error.is_none() && status_code != 0 && status_code < 500 && grpc_status.is_none_or(|s| s == 0);
-        let labels = ResponseLabels {
-            route: self.labels.clone(),
-            status_code,
-            grpc_status,
-            class: if success { Class::Success } else { Class::Failure },
-            error,
-        };
-        self.metrics.responses.get_or_create(&labels).inc();
+        let class = if success { Class::Success } else { Class::Failure };
+        let key = (status_code, grpc_status, class, error);
+        let mut seen = self.seen.lock().expect("route metrics lock");
+        if let Some((_, c)) = seen.responses.iter().find(|(k, _)| *k == key) {
+            c.inc();
+            return;
+        }
+        let labels = ResponseLabels { route: self.labels.clone(), status_code, grpc_status, class, error };
+        let c = self.metrics.responses.get_or_create_owned(&labels);
+        c.inc();
+        if seen.responses.len() < SEEN_MAX {
+            seen.responses.push((key, c));
+        }
     }
 }
 

@@ -12,6 +12,19 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// Removes hop-by-hop headers. When `upgrading`, `Connection: upgrade` and
 /// `Upgrade` survive so the peer can switch protocols (WebSocket).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+    // Most messages carry none: one pass over the names (cheap compares)
+    // spares a hash lookup per hop-by-hop name.
+    let hop = |n: &HeaderName| {
+        n == CONNECTION
+            || n == TRANSFER_ENCODING
+            || n == TE
+            || n == UPGRADE
+            || n == KEEP_ALIVE
+            || n == PROXY_CONNECTION
+    };
+    if !upgrading && !headers.keys().any(hop) {
+        return;
+    }
     if let Some(conn) = headers.get(CONNECTION) {
         // The fields the sender named in `Connection` are hop-by-hop too.
         let named: Vec<HeaderName> = conn
