@@ -84,7 +84,12 @@ impl Meshed {
             let (status, _) = http_get(proxy.admin, "/ready").await.unwrap();
             assert_eq!(status, 503, "ready before it had a certificate:\n{}", proxy.log());
         }
-        let controller = ca.serve(tokio::net::TcpListener::bind(controller).await.unwrap(), lifetime);
+        // SO_REUSEADDR: while the port was free, a proxy's connect attempt
+        // (or another test) may have taken it as a source port.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(controller).unwrap();
+        let controller = ca.serve(socket.listen(128).unwrap(), lifetime);
         for proxy in [&client, &server] {
             wait_for("the proxy to be certified and ready", Duration::from_secs(20), || async {
                 matches!(http_get(proxy.admin, "/ready").await, Ok((200, _)))
