@@ -15,6 +15,7 @@ pub mod drain;
 pub mod http;
 pub mod identity;
 pub mod io;
+pub mod matching;
 pub mod metrics;
 pub mod policy;
 pub mod tap;

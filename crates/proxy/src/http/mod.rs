@@ -317,9 +317,14 @@ impl Conn {
         let Some((port, ip)) = &self.authz else { return Ok(()) };
         let policy = port.current();
         let client = crate::app::client_of(SocketAddr::new(*ip, 0), &self.tls);
-        let Some((route, verdict)) =
-            policy.authorize_http(req.method(), req.uri().path(), req.headers(), grpc, &client)
-        else {
+        let Some((route, verdict)) = policy.authorize_http(
+            req.method(),
+            req.uri().path(),
+            req.uri().query(),
+            req.headers(),
+            grpc,
+            &client,
+        ) else {
             return Err(ProxyError::NoRoute { server: policy.meta.name.clone() });
         };
         let mut labels = AuthzLabels {

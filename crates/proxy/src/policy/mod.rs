@@ -64,42 +64,7 @@ pub struct Route {
     pub authorizations: Vec<Authorization>,
 }
 
-#[derive(Debug, Default, PartialEq)]
-pub struct RequestMatch {
-    pub path: Option<PathMatch>,
-    pub method: Option<Method>,
-    pub headers: Vec<(http::HeaderName, ValueMatch)>,
-}
-
-#[derive(Debug, PartialEq)]
-pub enum PathMatch {
-    Exact(String),
-    Prefix(String),
-    Regex(Regex),
-}
-
-#[derive(Debug, PartialEq)]
-pub enum ValueMatch {
-    Exact(Vec<u8>),
-    Regex(Regex),
-}
-
-/// A compiled regular expression (anchored: it must match the whole value,
-/// as Gateway API's RegularExpression does).
-#[derive(Debug)]
-pub struct Regex(regex_lite::Regex);
-
-impl PartialEq for Regex {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.as_str() == other.0.as_str()
-    }
-}
-
-impl Regex {
-    pub fn new(pattern: &str) -> Result<Self, String> {
-        regex_lite::Regex::new(&format!("^(?:{pattern})$")).map(Regex).map_err(|e| e.to_string())
-    }
-}
+pub use crate::matching::{PathMatch, RequestMatch, ValueMatch};
 
 /// Who is asking: the client's address and, over mesh TLS, its identity.
 #[derive(Clone, Debug)]
@@ -135,6 +100,7 @@ impl ServerPolicy {
         &self,
         method: &Method,
         path: &str,
+        query: Option<&str>,
         headers: &HeaderMap,
         grpc: bool,
         client: &Client<'_>,
@@ -143,7 +109,8 @@ impl ServerPolicy {
             (Some(grpc_routes), true) => grpc_routes,
             _ => &self.http_routes,
         };
-        let route = routes.iter().find(|r| r.matches.iter().any(|m| m.matches(method, path, headers)))?;
+        let route =
+            routes.iter().find(|r| r.matches.iter().any(|m| m.matches(method, path, query, headers)))?;
         Some((&route.meta, authorize(&route.authorizations, client)))
     }
 
@@ -236,36 +203,6 @@ impl Authorization {
                 }),
             }
     }
-}
-
-// === impl RequestMatch ===
-
-impl RequestMatch {
-    fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
-        let path_ok = match &self.path {
-            None => true,
-            Some(PathMatch::Exact(p)) => path == p,
-            Some(PathMatch::Prefix(p)) => prefix_matches(p, path),
-            Some(PathMatch::Regex(r)) => r.0.is_match(path),
-        };
-        path_ok
-            && self.method.as_ref().is_none_or(|m| m == method)
-            && self.headers.iter().all(|(name, value)| {
-                headers.get_all(name).iter().any(|v| match value {
-                    ValueMatch::Exact(e) => v.as_bytes() == e.as_slice(),
-                    ValueMatch::Regex(r) => v.to_str().is_ok_and(|v| r.0.is_match(v)),
-                })
-            })
-    }
-}
-
-/// Gateway API's PathPrefix: whole path segments (`/api` matches `/api`
-/// and `/api/x`, not `/apix`).
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    let prefix = prefix.trim_end_matches('/');
-    prefix.is_empty()
-        || (path.starts_with(prefix)
-            && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/') | Some(b'?')))
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 //! widens what is allowed.
 
 use super::*;
+use crate::matching;
 use linkerd2_proxy_api::{
-    http_route::{HttpRouteMatch, header_match, path_match},
     inbound::{self as api, authn::Permit, authn::permit_mesh_tls::Clients, proxy_protocol::Kind},
     meta::{Metadata, metadata},
 };
@@ -87,7 +87,7 @@ fn http_route(route: api::HttpRoute) -> Route {
             if rule.matches.is_empty() {
                 vec![Some(RequestMatch::default())]
             } else {
-                rule.matches.iter().map(http_match).collect()
+                rule.matches.iter().map(|m| usable(matching::http_match(m))).collect()
             }
         })
         .flatten()
@@ -99,18 +99,10 @@ fn http_route(route: api::HttpRoute) -> Route {
     }
 }
 
-fn http_match(m: &HttpRouteMatch) -> Option<RequestMatch> {
-    let path = match m.path.as_ref().and_then(|p| p.kind.as_ref()) {
-        None => None,
-        Some(path_match::Kind::Exact(p)) => Some(PathMatch::Exact(p.clone())),
-        Some(path_match::Kind::Prefix(p)) => Some(PathMatch::Prefix(p.clone())),
-        Some(path_match::Kind::Regex(r)) => Some(PathMatch::Regex(regex(r)?)),
-    };
-    let method = match m.method.clone() {
-        None => None,
-        Some(method) => Some(Method::try_from(method).ok()?),
-    };
-    Some(RequestMatch { path, method, headers: headers(&m.headers)? })
+/// A match weft can use, or `None` (logged): the match is dropped rather
+/// than widened.
+fn usable(m: Result<RequestMatch, &'static str>) -> Option<RequestMatch> {
+    m.map_err(|error| tracing::warn!(%error, "a route's match is malformed; the match is ignored")).ok()
 }
 
 fn grpc_route(route: api::GrpcRoute) -> Route {
@@ -121,18 +113,7 @@ fn grpc_route(route: api::GrpcRoute) -> Route {
             if rule.matches.is_empty() {
                 return vec![Some(RequestMatch::default())];
             }
-            rule.matches
-                .iter()
-                .map(|m| {
-                    let path =
-                        m.rpc.as_ref().and_then(|rpc| match (rpc.service.as_str(), rpc.method.as_str()) {
-                            ("", _) => None,
-                            (service, "") => Some(PathMatch::Prefix(format!("/{service}"))),
-                            (service, method) => Some(PathMatch::Exact(format!("/{service}/{method}"))),
-                        });
-                    Some(RequestMatch { path, method: None, headers: headers(&m.headers)? })
-                })
-                .collect()
+            rule.matches.iter().map(|m| usable(matching::grpc_match(m))).collect()
         })
         .flatten()
         .collect();
@@ -140,33 +121,5 @@ fn grpc_route(route: api::GrpcRoute) -> Route {
         meta: Arc::new(meta_from_metadata(route.metadata)),
         matches,
         authorizations: authorizations(route.authorizations),
-    }
-}
-
-/// Header matches; `None` if one cannot be used (the whole match is then
-/// dropped rather than widened).
-fn headers(
-    matches: &[linkerd2_proxy_api::http_route::HeaderMatch],
-) -> Option<Vec<(http::HeaderName, ValueMatch)>> {
-    matches
-        .iter()
-        .map(|h| {
-            let name = http::HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-            let value = match h.value.as_ref()? {
-                header_match::Value::Exact(v) => ValueMatch::Exact(v.clone()),
-                header_match::Value::Regex(r) => ValueMatch::Regex(regex(r)?),
-            };
-            Some((name, value))
-        })
-        .collect()
-}
-
-fn regex(pattern: &str) -> Option<Regex> {
-    match Regex::new(pattern) {
-        Ok(r) => Some(r),
-        Err(error) => {
-            tracing::warn!(%pattern, %error, "a route's regular expression does not compile; the match is ignored");
-            None
-        }
     }
 }

@@ -39,8 +39,9 @@ fn mesh_identities_and_networks_decide_connections() {
 
     // HTTP: the default route carries the same authorizations.
     let headers = HeaderMap::new();
-    let (route, verdict) =
-        policy.authorize_http(&Method::GET, "/x", &headers, false, &client("10.1.0.7", Some(BOB))).unwrap();
+    let (route, verdict) = policy
+        .authorize_http(&Method::GET, "/x", None, &headers, false, &client("10.1.0.7", Some(BOB)))
+        .unwrap();
     assert_eq!(route.name, "default");
     assert_eq!(verdict, Verdict::Deny);
 }
@@ -57,7 +58,7 @@ fn routes_carry_their_own_authorizations() {
     let bob = client("10.1.0.9", Some(BOB));
     let verdict = |m: Method, path: &str, c: &Client<'_>| {
         policy
-            .authorize_http(&m, path, &h, false, c)
+            .authorize_http(&m, path, None, &h, false, c)
             .map(|(route, v)| (route.name.clone(), matches!(v, Verdict::Allow { .. })))
     };
     assert_eq!(verdict(Method::GET, "/public/a", &anyone), Some(("public".into(), true)));

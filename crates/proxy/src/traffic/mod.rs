@@ -12,8 +12,9 @@ pub mod accrual;
 pub mod metrics;
 pub mod proto;
 
-use crate::discovery::balance::Balancer;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
+pub use crate::matching::{PathMatch, RequestMatch};
+use crate::{discovery::balance::Balancer, matching};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 use std::{sync::Arc, time::Duration};
 use tower::retry::budget::TpsBudget;
 
@@ -57,7 +58,7 @@ pub struct Route {
 
 pub struct Rule {
     /// Empty: the rule matches every request.
-    pub matches: Vec<Match>,
+    pub matches: Vec<RequestMatch>,
     pub request_headers: Option<HeaderModifier>,
     pub response_headers: Option<HeaderModifier>,
     pub redirect: Option<Redirect>,
@@ -74,30 +75,6 @@ pub struct Rule {
     pub labels: metrics::RouteLabels,
     /// Handles into the HTTP and the gRPC route series, on first use.
     series: [std::sync::OnceLock<Arc<metrics::RuleSeries>>; 2],
-}
-
-#[derive(Clone, Debug)]
-pub struct Match {
-    pub path: Option<PathMatch>,
-    pub headers: Vec<(HeaderName, ValueMatch)>,
-    pub query: Vec<(String, ValueMatch)>,
-    pub method: Option<Method>,
-}
-
-#[derive(Clone, Debug)]
-pub enum PathMatch {
-    Exact(String),
-    Prefix(String),
-    /// Anchored: it matches the whole path.
-    Regex(regex_lite::Regex),
-    /// A gRPC method of any service: `/<service>/<method>`.
-    GrpcMethod(String),
-}
-
-#[derive(Clone, Debug)]
-pub enum ValueMatch {
-    Exact(Vec<u8>),
-    Regex(regex_lite::Regex),
 }
 
 #[derive(Clone, Debug, Default)]
@@ -198,15 +175,17 @@ impl Router {
         // A gRPC request to a service without gRPC routes uses its HTTP
         // routes: gRPC is HTTP/2.
         let routes = if routes.is_empty() { &self.http } else { routes };
-        let mut best: Option<(Score, Selected<'_>)> = None;
+        let mut best: Option<(matching::Score, Selected<'_>)> = None;
         for route in routes {
             for rule in &route.rules {
                 let found = if rule.matches.is_empty() {
-                    Some((Score::default(), None))
+                    Some((matching::Score::default(), None))
                 } else {
                     rule.matches
                         .iter()
-                        .filter(|m| m.accepts(req))
+                        .filter(|m| {
+                            m.matches(req.method(), req.uri().path(), req.uri().query(), req.headers())
+                        })
                         .map(|m| (m.score(), Some(m)))
                         .max_by_key(|(s, _)| *s)
                 };
@@ -225,7 +204,7 @@ impl Router {
 pub struct Selected<'a> {
     pub route: &'a Route,
     pub rule: &'a Rule,
-    pub matched: Option<&'a Match>,
+    pub matched: Option<&'a RequestMatch>,
 }
 
 impl Selected<'_> {
@@ -234,91 +213,6 @@ impl Selected<'_> {
         match self.matched.and_then(|m| m.path.as_ref()) {
             Some(PathMatch::Prefix(p)) => Some(p.as_str()),
             _ => None,
-        }
-    }
-}
-
-/// How specific a match is; greater wins.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
-struct Score {
-    /// 4 exact, 3 regex, 2 prefix, 1 gRPC method only, 0 none.
-    path_kind: u8,
-    path_len: usize,
-    method: bool,
-    headers: usize,
-    query: usize,
-}
-
-// === impl Match ===
-
-impl Match {
-    pub fn accepts<B>(&self, req: &Request<B>) -> bool {
-        let path = req.uri().path();
-        let path_ok = match &self.path {
-            None => true,
-            Some(PathMatch::Exact(p)) => path == p,
-            Some(PathMatch::Prefix(p)) => prefix_matches(path, p),
-            Some(PathMatch::GrpcMethod(m)) => path
-                .strip_prefix('/')
-                .and_then(|p| p.split_once('/'))
-                .is_some_and(|(service, method)| !service.is_empty() && method == m),
-            Some(PathMatch::Regex(r)) => {
-                r.find(path).is_some_and(|m| m.start() == 0 && m.end() == path.len())
-            }
-        };
-        path_ok
-            && self.method.as_ref().is_none_or(|m| m == req.method())
-            && self
-                .headers
-                .iter()
-                .all(|(name, value)| req.headers().get_all(name).iter().any(|v| value.accepts(v.as_bytes())))
-            && self.query.iter().all(|(name, value)| {
-                query_pairs(req.uri().query()).any(|(k, v)| k == name && value.accepts(v.as_bytes()))
-            })
-    }
-
-    fn score(&self) -> Score {
-        let (path_kind, path_len) = match &self.path {
-            None => (0, 0),
-            Some(PathMatch::Exact(p)) => (4, p.len()),
-            Some(PathMatch::Regex(r)) => (3, r.as_str().len()),
-            Some(PathMatch::Prefix(p)) => (2, p.len()),
-            // gRPC ranks a service match above a method-only one.
-            Some(PathMatch::GrpcMethod(m)) => (1, m.len()),
-        };
-        Score {
-            path_kind,
-            path_len,
-            method: self.method.is_some(),
-            headers: self.headers.len(),
-            query: self.query.len(),
-        }
-    }
-}
-
-/// A path prefix matches whole segments: `/api` matches `/api` and
-/// `/api/x`, not `/apix`.
-fn prefix_matches(path: &str, prefix: &str) -> bool {
-    let prefix = prefix.trim_end_matches('/');
-    match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.is_empty(),
-        None => false,
-    }
-}
-
-fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
-    query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| p.split_once('=').unwrap_or((p, "")))
-}
-
-impl ValueMatch {
-    fn accepts(&self, value: &[u8]) -> bool {
-        match self {
-            ValueMatch::Exact(v) => v == value,
-            ValueMatch::Regex(r) => std::str::from_utf8(value).is_ok_and(|s| r.is_match(s)),
         }
     }
 }

@@ -4,13 +4,16 @@
 
 use super::metrics::RouteLabels;
 use super::{
-    Abort, Backend, HeaderModifier, Match, Meta, PathMatch, PathModifier, Ratio, Redirect, Retry, RetryOn,
-    Rewrite, Route, Router, Rule, Timeouts, ValueMatch, WeightedBackend, accrual,
+    Abort, Backend, HeaderModifier, Meta, PathModifier, Ratio, Redirect, RequestMatch, Retry, RetryOn,
+    Rewrite, Route, Router, Rule, Timeouts, WeightedBackend, accrual,
 };
-use crate::discovery::{balance::Balancer, proto::InvalidPolicy};
+use crate::{
+    discovery::{balance::Balancer, proto::InvalidPolicy},
+    matching,
+};
 use http::{HeaderName, HeaderValue, StatusCode};
 use linkerd2_proxy_api::{
-    grpc_route, http_route as api,
+    http_route as api,
     meta::{Metadata, metadata},
     outbound::{self as out, proxy_protocol},
 };
@@ -111,7 +114,11 @@ pub fn router(
         for (j, rule) in route.rules.iter().enumerate() {
             let mut out = Rule::new(
                 RouteLabels { parent: parent.clone(), route: route_meta.clone() },
-                rule.matches.iter().map(http_match).collect::<Result<_, _>>()?,
+                rule.matches
+                    .iter()
+                    .map(matching::http_match)
+                    .collect::<Result<_, _>>()
+                    .map_err(InvalidPolicy::Field)?,
                 #[allow(deprecated)]
                 timeouts(rule.timeouts.as_ref(), rule.request_timeout.as_ref())?,
                 rule.retry.as_ref().map(http_retry).transpose()?,
@@ -152,7 +159,11 @@ pub fn router(
         for (j, rule) in route.rules.iter().enumerate() {
             let mut out = Rule::new(
                 RouteLabels { parent: parent.clone(), route: route_meta.clone() },
-                rule.matches.iter().map(grpc_match).collect::<Result<_, _>>()?,
+                rule.matches
+                    .iter()
+                    .map(matching::grpc_match)
+                    .collect::<Result<_, _>>()
+                    .map_err(InvalidPolicy::Field)?,
                 #[allow(deprecated)]
                 timeouts(rule.timeouts.as_ref(), rule.request_timeout.as_ref())?,
                 rule.retry.as_ref().map(grpc_retry).transpose()?,
@@ -299,7 +310,12 @@ fn extend(
 }
 
 impl Rule {
-    fn new(labels: RouteLabels, matches: Vec<Match>, timeouts: Timeouts, retry: Option<Retry>) -> Self {
+    fn new(
+        labels: RouteLabels,
+        matches: Vec<RequestMatch>,
+        timeouts: Timeouts,
+        retry: Option<Retry>,
+    ) -> Self {
         Rule {
             labels,
             series: Default::default(),
@@ -348,75 +364,8 @@ fn ratio(r: Option<&api::Ratio>) -> Ratio {
     }
 }
 
-/// A regex that must match the whole value, as route matches mean.
-fn regex(pattern: &str) -> Result<regex_lite::Regex, InvalidPolicy> {
-    regex_lite::Regex::new(&format!("^(?:{pattern})$")).map_err(|_| InvalidPolicy::Field("regex"))
-}
-
-fn value_match(exact: Option<&[u8]>, re: Option<&str>) -> Result<ValueMatch, InvalidPolicy> {
-    match (exact, re) {
-        (Some(v), _) => Ok(ValueMatch::Exact(v.to_vec())),
-        (None, Some(r)) => Ok(ValueMatch::Regex(regex(r)?)),
-        (None, None) => Err(InvalidPolicy::Field("match value")),
-    }
-}
-
 fn header_name(name: &str) -> Result<HeaderName, InvalidPolicy> {
     HeaderName::from_bytes(name.as_bytes()).map_err(|_| InvalidPolicy::Field("header name"))
-}
-
-fn headers(m: &[api::HeaderMatch]) -> Result<Vec<(HeaderName, ValueMatch)>, InvalidPolicy> {
-    m.iter()
-        .map(|h| {
-            let value = match &h.value {
-                Some(api::header_match::Value::Exact(v)) => value_match(Some(v), None)?,
-                Some(api::header_match::Value::Regex(r)) => value_match(None, Some(r))?,
-                None => return Err(InvalidPolicy::Field("header match")),
-            };
-            Ok((header_name(&h.name)?, value))
-        })
-        .collect()
-}
-
-fn http_match(m: &api::HttpRouteMatch) -> Result<Match, InvalidPolicy> {
-    let path = match m.path.as_ref().and_then(|p| p.kind.as_ref()) {
-        Some(api::path_match::Kind::Exact(p)) => Some(PathMatch::Exact(p.clone())),
-        Some(api::path_match::Kind::Prefix(p)) => Some(PathMatch::Prefix(p.clone())),
-        Some(api::path_match::Kind::Regex(r)) => Some(PathMatch::Regex(regex(r)?)),
-        None => None,
-    };
-    let query = m
-        .query_params
-        .iter()
-        .map(|q| {
-            let value = match &q.value {
-                Some(api::query_param_match::Value::Exact(v)) => ValueMatch::Exact(v.as_bytes().to_vec()),
-                Some(api::query_param_match::Value::Regex(r)) => ValueMatch::Regex(regex(r)?),
-                None => return Err(InvalidPolicy::Field("query match")),
-            };
-            Ok((q.name.clone(), value))
-        })
-        .collect::<Result<_, _>>()?;
-    let method = m
-        .method
-        .clone()
-        .map(http::Method::try_from)
-        .transpose()
-        .map_err(|_| InvalidPolicy::Field("method"))?;
-    Ok(Match { path, headers: headers(&m.headers)?, query, method })
-}
-
-/// A gRPC match as a path match: `/service/method`.
-fn grpc_match(m: &grpc_route::GrpcRouteMatch) -> Result<Match, InvalidPolicy> {
-    let path = match &m.rpc {
-        Some(rpc) if !rpc.service.is_empty() && !rpc.method.is_empty() => {
-            Some(PathMatch::Exact(format!("/{}/{}", rpc.service, rpc.method)))
-        }
-        Some(rpc) if !rpc.service.is_empty() => Some(PathMatch::Prefix(format!("/{}", rpc.service))),
-        Some(rpc) if !rpc.method.is_empty() => Some(PathMatch::GrpcMethod(rpc.method.clone())),
-        _ => None,
-    };
-    Ok(Match { path, headers: headers(&m.headers)?, query: vec![], method: None })
 }
 
 fn modifier(

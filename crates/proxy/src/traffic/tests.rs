@@ -1,4 +1,5 @@
 use super::*;
+use crate::matching::prefix_matches;
 use crate::traffic::proto::{BackendSpec, router};
 use linkerd2_proxy_api::{
     http_route as api,
