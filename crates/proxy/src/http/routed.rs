@@ -125,7 +125,7 @@ impl Conn {
         }
         *req.uri_mut() = absolute_uri(req.uri(), &authority);
         let (parts, body) = req.into_parts();
-        let head =
+        let mut head =
             Head { method: parts.method, uri: parts.uri, version: parts.version, headers: parts.headers };
         let replay_limit = match &rule.retry {
             Some(retry) => Some(retry.max_request_bytes),
@@ -152,7 +152,7 @@ impl Conn {
             };
             loop {
                 attempts += 1;
-                let outcome = self.attempt(&service, rule, series, &head, this_body, grpc).await;
+                let outcome = self.attempt(&service, rule, series, &mut head, this_body, grpc).await;
                 let Some(retry) = &rule.retry else { return outcome };
                 let wants_retry = match &outcome {
                     Ok(a) => retry.retries(a.rsp.status(), grpc_status(a.rsp.headers())),
@@ -211,7 +211,7 @@ impl Conn {
                 continue;
             }
             if let Some(copy) = body.as_ref().and_then(RequestBody::try_clone) {
-                let req = request(&head, copy, false);
+                let req = request(&mut head, copy, false, false);
                 tokio::spawn(mirror(self.proxy.clone(), backend.clone(), req));
             }
         }
@@ -263,7 +263,7 @@ impl Conn {
         service: &ServiceRoute,
         rule: &Rule,
         series: &RuleSeries,
-        head: &Head,
+        head: &mut Head,
         body: RequestBody,
         grpc: bool,
     ) -> Result<Answered, ProxyError> {
@@ -285,7 +285,9 @@ impl Conn {
         let upgraded = identity.is_some() && meta.http2 && self.proto == Proto::Http1;
         let proto = if upgraded { Proto::Http2 } else { self.proto };
         let client = clients.get_key(ClientKey { addr: picked.addr(), proto, identity });
-        let req = request(head, body, upgraded);
+        // A request sent once gives its headers away rather than a copy.
+        let once = rule.retry.is_none() && rule.mirrors.is_empty();
+        let req = request(head, body, upgraded, once);
 
         let timeout = rule.retry.as_ref().and_then(|r| r.timeout).or(rule.timeouts.response);
         let sent = client.request(req);
@@ -345,11 +347,13 @@ fn grpc_code_for(status: u16) -> u16 {
     }
 }
 
-fn request(head: &Head, body: RequestBody, upgraded: bool) -> Request<RequestBody> {
+/// The request to send; `take` moves the headers out of `head` (its last
+/// use), else they are copied for later attempts and mirrors.
+fn request(head: &mut Head, body: RequestBody, upgraded: bool, take: bool) -> Request<RequestBody> {
     let mut req = Request::new(body);
     *req.method_mut() = head.method.clone();
     *req.uri_mut() = head.uri.clone();
-    *req.headers_mut() = head.headers.clone();
+    *req.headers_mut() = if take { std::mem::take(&mut head.headers) } else { head.headers.clone() };
     *req.version_mut() = head.version;
     if upgraded {
         let orig = if head.version == Version::HTTP_10 { "HTTP/1.0" } else { "HTTP/1.1" };

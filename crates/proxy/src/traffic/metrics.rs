@@ -208,15 +208,19 @@ impl RuleSeries {
 
     pub fn backend_request(&self, backend: &Arc<Meta>) {
         let mut seen = self.seen.lock().expect("route series lock");
+        let i = self.backend(&mut seen, backend);
+        seen.backends[i].1.inc();
+    }
+
+    /// `backend`'s place in `seen`, its requests counter resolved on first use.
+    fn backend(&self, seen: &mut Seen, backend: &Arc<Meta>) -> usize {
         let key = Arc::as_ptr(backend) as usize;
-        if let Some((_, requests, _)) = seen.backends.iter().find(|(k, _, _)| *k == key) {
-            requests.inc();
-            return;
+        if let Some(i) = seen.backends.iter().position(|(k, _, _)| *k == key) {
+            return i;
         }
         let labels = BackendLabels { route: self.labels.clone(), backend: backend.clone() };
-        let requests = self.backend_requests.get_or_create_owned(&labels);
-        requests.inc();
-        seen.backends.push((key, requests, Vec::new()));
+        seen.backends.push((key, self.backend_requests.get_or_create_owned(&labels), Vec::new()));
+        seen.backends.len() - 1
     }
 
     pub fn backend_response(&self, backend: &Arc<Meta>, status: Option<u16>, error: Option<&'static str>) {
@@ -238,16 +242,7 @@ impl RuleSeries {
         let list = match backend {
             None => &mut seen.statuses,
             Some(b) => {
-                let ptr = Arc::as_ptr(b) as usize;
-                let i = match seen.backends.iter().position(|(k, _, _)| *k == ptr) {
-                    Some(i) => i,
-                    None => {
-                        let labels = BackendLabels { route: self.labels.clone(), backend: b.clone() };
-                        let requests = self.backend_requests.get_or_create_owned(&labels);
-                        seen.backends.push((ptr, requests, Vec::new()));
-                        seen.backends.len() - 1
-                    }
-                };
+                let i = self.backend(&mut seen, b);
                 &mut seen.backends[i].2
             }
         };
