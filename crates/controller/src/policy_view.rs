@@ -79,16 +79,7 @@ pub fn rows(server: &Server) -> Vec<(String, Vec<String>)> {
 /// it admits, then routes.
 pub fn render(server: &Server) -> String {
     let mut out = String::new();
-    let protocol = match server.protocol.as_ref().and_then(|p| p.kind.as_ref()) {
-        Some(Kind::Detect(_)) => "detect",
-        Some(Kind::Http1(_)) => "HTTP/1",
-        Some(Kind::Http2(_)) => "HTTP/2",
-        Some(Kind::Grpc(_)) => "gRPC",
-        Some(Kind::Opaque(_)) => "opaque",
-        Some(Kind::Tls(_)) => "TLS",
-        None => "?",
-    };
-    out += &format!("server: {} ({protocol})\n", server_name(server));
+    out += &format!("server: {} ({})\n", server_name(server), protocol(server));
     out += "authorizations (connections that are not HTTP):\n";
     for a in &server.authorizations {
         out += &format!("  {}\n", describe(a));
