@@ -191,7 +191,7 @@ impl Router {
                 };
                 if let Some((score, matched)) = found {
                     if best.as_ref().is_none_or(|(b, _)| score > *b) {
-                        best = Some((score, Selected { route, rule, matched }));
+                        best = Some((score, Selected { rule, matched }));
                     }
                 }
             }
@@ -202,7 +202,6 @@ impl Router {
 
 /// The rule a request takes, and the match that took it.
 pub struct Selected<'a> {
-    pub route: &'a Route,
     pub rule: &'a Rule,
     pub matched: Option<&'a RequestMatch>,
 }
