@@ -422,12 +422,12 @@ impl Listener {
                     tracing::info!(client = %inbound.client, server = %policy.meta.name, "audit: a connection the policy would deny");
                 }
                 labels.authz = Some(authz);
-                self.metrics.authz(false, &labels);
+                self.metrics.authz_tcp(&labels);
                 true
             }
             Verdict::Deny => {
                 tracing::info!(client = %inbound.client, server = %policy.meta.name, "connection denied by policy");
-                self.metrics.authz(false, &labels);
+                self.metrics.authz_tcp(&labels);
                 false
             }
         }

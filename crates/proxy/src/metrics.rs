@@ -125,6 +125,11 @@ pub struct AuthzLabels {
     pub tls: Tls,
 }
 
+/// The authorization counter a connection used last (see
+/// [`Metrics::authz_http`]).
+#[derive(Default)]
+pub struct LastAuthz(std::sync::Mutex<Option<(AuthzLabels, Counter)>>);
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct CloseLabels {
     tcp: TcpLabels,
@@ -276,16 +281,29 @@ impl Metrics {
         })
     }
 
-    /// Counts an authorization verdict: `http` per request, else per
-    /// connection; allowed when `labels.authz` is set.
-    pub fn authz(&self, http: bool, labels: &AuthzLabels) {
-        let family = match (http, labels.authz.is_some()) {
-            (true, true) => &self.http_authz_allow,
-            (true, false) => &self.http_authz_deny,
-            (false, true) => &self.tcp_authz_allow,
-            (false, false) => &self.tcp_authz_deny,
-        };
+    /// Counts a connection's authorization verdict (not HTTP); allowed
+    /// when `labels.authz` is set.
+    pub fn authz_tcp(&self, labels: &AuthzLabels) {
+        let family = if labels.authz.is_some() { &self.tcp_authz_allow } else { &self.tcp_authz_deny };
         family.get_or_create(labels).inc();
+    }
+
+    /// Counts an HTTP request's authorization verdict through `last`, the
+    /// connection's most recent counter: a connection's requests mostly
+    /// meet the same server, route and authorization, and comparing labels
+    /// is far cheaper than hashing them into the family's map.
+    pub fn authz_http(&self, last: &LastAuthz, labels: AuthzLabels) {
+        let mut last = last.0.lock().expect("authz counter lock");
+        if let Some((seen, counter)) = last.as_ref() {
+            if *seen == labels {
+                counter.inc();
+                return;
+            }
+        }
+        let family = if labels.authz.is_some() { &self.http_authz_allow } else { &self.http_authz_deny };
+        let counter = family.get_or_create_owned(&labels);
+        counter.inc();
+        *last = Some((labels, counter));
     }
 
     /// Records a newly installed certificate.

@@ -2,47 +2,29 @@
 //! its own keep-alive pool (HTTP/1) or multiplexed connection (HTTP/2), so
 //! requests from many accepted connections share upstream connections.
 
-use super::error::ConnectError;
+use super::{body::RequestBody, error::ConnectError};
 use crate::{
     io::MeteredIo,
     metrics::{Direction, Metrics, Peer, TcpLabels, Tls},
 };
-use hyper_util::{
-    client::legacy::{
-        Client,
-        connect::{Connected, Connection},
-    },
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-};
+use http::{Method, Request, Response, Uri, Version, uri::Parts};
+use hyper::{body::Incoming, client::conn};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::{
     collections::HashMap,
     future::Future,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
 use tokio::net::TcpStream;
 
-pub type HttpClient = Client<Connector, super::body::RequestBody>;
-
 #[derive(Copy, Clone, Debug, Hash, PartialEq, Eq)]
 pub enum Proto {
     Http1,
     Http2,
-}
-
-/// Dials one endpoint, whatever the request's URI says: the URI carries the
-/// authority the application asked for, the connector where it really goes.
-#[derive(Clone)]
-pub struct Connector {
-    addr: SocketAddr,
-    timeout: Duration,
-    direction: Direction,
-    metrics: Arc<Metrics>,
-    /// Mesh TLS to the identity the endpoint's proxy must present.
-    tls: Option<(Arc<rustls::ClientConfig>, Arc<str>)>,
 }
 
 /// Where a client connects, how, and as whom the server must prove to be.
@@ -74,6 +56,12 @@ struct Cached {
 /// does not keep a client for each.
 const CLIENT_IDLE: Duration = Duration::from_secs(300);
 
+/// A pooled connection unused for this long is closed.
+const POOL_IDLE: Duration = Duration::from_secs(60);
+
+/// At most this many HTTP/1 connections are kept per endpoint.
+const POOL_MAX: usize = 64;
+
 // === impl Clients ===
 
 impl Clients {
@@ -104,71 +92,274 @@ impl Clients {
         }
         // A new target: sweep out the clients no one has used lately.
         cache.retain(|_, c| now.duration_since(c.last_used) < CLIENT_IDLE);
-        let client = {
-            let connector = Connector {
-                addr: key.addr,
-                timeout: self.connect_timeout,
-                direction: self.direction,
-                metrics: self.metrics.clone(),
-                tls: self.tls.clone().zip(key.identity.clone()),
-            };
-            let mut builder = Client::builder(TokioExecutor::new());
-            builder
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .pool_idle_timeout(Duration::from_secs(60))
-                .pool_max_idle_per_host(64)
-                // The proxy must not replay a request the application
-                // sent once; the application decides about retries.
-                .retry_canceled_requests(false)
-                .set_host(false);
-            if key.proto == Proto::Http2 {
-                builder
-                    .http2_only(true)
-                    .http2_keep_alive_interval(Duration::from_secs(10))
-                    .http2_keep_alive_timeout(Duration::from_secs(3))
-                    .http2_adaptive_window(true);
-            }
-            builder.build(connector)
+        let connector = Connector {
+            addr: key.addr,
+            timeout: self.connect_timeout,
+            direction: self.direction,
+            metrics: self.metrics.clone(),
+            tls: self.tls.clone().zip(key.identity.clone()),
         };
+        let client = HttpClient::new(connector, key.proto);
         cache.insert(key, Cached { client: client.clone(), last_used: now });
         client
     }
 }
 
-// === impl Connector ===
+// === impl HttpClient ===
 
-impl tower_service::Service<http::Uri> for Connector {
-    type Response = TokioIo<Upstream>;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
+/// The upstream client of one endpoint: a pool of HTTP/1 connections, or
+/// one multiplexed HTTP/2 connection, over hyper's connection API.
+///
+/// Written here rather than taken from hyper-util's pooled client, which
+/// serves any authority and so hashes the request's authority byte by
+/// byte into a shared map on every checkout and checkin, and spawns a task
+/// per HTTP/1 request to wait for the connection to come back: together a
+/// tenth of the proxy's instructions per request (docs/bench.md). A weft
+/// client only ever talks to one endpoint, so its pool is a list.
+#[derive(Clone)]
+pub struct HttpClient {
+    pool: Arc<Pool>,
+}
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
-        Poll::Ready(Ok(()))
+struct Pool {
+    connector: Connector,
+    proto: Proto,
+    state: Mutex<PoolState>,
+    /// Held while an HTTP/2 connection is being opened, so concurrent
+    /// requests share one connection instead of each opening their own.
+    h2_connecting: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct PoolState {
+    /// HTTP/1: each connection's sender, most recently used last. A sender
+    /// goes back in as soon as its request is written; it is ready for the
+    /// next one when its response has been read to the end.
+    h1: Vec<(conn::http1::SendRequest<RequestBody>, Instant)>,
+    /// HTTP/2: the one shared connection.
+    h2: Option<(conn::http2::SendRequest<RequestBody>, Instant)>,
+    sweeping: bool,
+}
+
+/// Why the upstream request failed: the connection could not be made, or
+/// the exchange on it failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+    #[error("an HTTP/2 request cannot go to an HTTP/1 endpoint")]
+    Version,
+}
+
+impl HttpClient {
+    fn new(connector: Connector, proto: Proto) -> Self {
+        let pool =
+            Pool { connector, proto, state: Mutex::default(), h2_connecting: tokio::sync::Mutex::new(()) };
+        Self { pool: Arc::new(pool) }
     }
 
-    fn call(&mut self, _: http::Uri) -> Self::Future {
-        let Connector { addr, timeout, direction, metrics, tls } = self.clone();
-        Box::pin(async move {
-            let started = tokio::time::Instant::now();
-            let stream = connect(addr, timeout).await?;
-            let label = match (&tls, direction) {
-                (Some((_, id)), _) => Tls::Mesh(Some(id.clone())),
-                (None, Direction::Inbound) => Tls::INBOUND_PLAIN,
-                (None, Direction::Outbound) => Tls::OUTBOUND_PLAIN,
-            };
-            let labels = TcpLabels { direction, peer: Peer::Dst, target_addr: addr, tls: label, dst: None };
-            let stream = MeteredIo::new(stream, metrics.tcp(labels));
-            let Some((config, identity)) = tls else {
-                return Ok(TokioIo::new(Upstream::Plain(stream)));
-            };
-            // The handshake shares the connect timeout.
-            let stream = tokio::time::timeout_at(started + timeout, mesh_tls(stream, config, &identity))
-                .await
-                .map_err(|_| ConnectError::Timeout { addr, timeout })?
-                .map_err(|reason| ConnectError::Tls { addr, identity: identity.to_string(), reason })?;
-            Ok(TokioIo::new(Upstream::Tls(Box::new(stream))))
-        })
+    /// Sends `req` on a pooled connection, or a new one. The request is
+    /// sent at most once: a connection that fails under it is an error,
+    /// never a silent retry (the application, or a route's retry policy,
+    /// decides about retries).
+    pub fn request(
+        &self,
+        mut req: Request<RequestBody>,
+    ) -> impl Future<Output = Result<Response<Incoming>, ClientError>> + Send + 'static {
+        let pool = self.pool.clone();
+        async move {
+            match pool.proto {
+                Proto::Http1 => {
+                    if req.version() == Version::HTTP_2 {
+                        return Err(ClientError::Version);
+                    }
+                    request_form(&mut req);
+                    let mut sender = match pool.h1_idle() {
+                        Some(sender) => sender,
+                        None => pool.h1_connect().await?,
+                    };
+                    let sent = sender.send_request(req);
+                    pool.h1_put(sender);
+                    Ok(sent.await?)
+                }
+                Proto::Http2 => {
+                    let mut sender = match pool.h2_shared() {
+                        Some(sender) => sender,
+                        None => pool.h2_connect().await?,
+                    };
+                    Ok(sender.send_request(req).await?)
+                }
+            }
+        }
+    }
+}
+
+// === impl Pool ===
+
+impl Pool {
+    /// The most recently used HTTP/1 connection that is ready for a
+    /// request; closed ones are dropped on the way.
+    fn h1_idle(&self) -> Option<conn::http1::SendRequest<RequestBody>> {
+        let mut state = self.state.lock().expect("pool lock");
+        let mut i = state.h1.len();
+        while i > 0 {
+            i -= 1;
+            let (sender, _) = &state.h1[i];
+            if sender.is_closed() {
+                state.h1.swap_remove(i);
+            } else if sender.is_ready() {
+                return Some(state.h1.swap_remove(i).0);
+            }
+        }
+        None
+    }
+
+    fn h1_put(self: &Arc<Self>, sender: conn::http1::SendRequest<RequestBody>) {
+        let mut state = self.state.lock().expect("pool lock");
+        if state.h1.len() >= POOL_MAX {
+            // Dropping a sender lets its connection finish the exchange
+            // under way and then close.
+            return;
+        }
+        state.h1.push((sender, Instant::now()));
+        self.sweep_idle(&mut state);
+    }
+
+    async fn h1_connect(self: &Arc<Self>) -> Result<conn::http1::SendRequest<RequestBody>, ClientError> {
+        let io = self.connector.connect().await?;
+        let (sender, connection) = conn::http1::Builder::new().handshake(TokioIo::new(io)).await?;
+        let addr = self.connector.addr;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%addr, %error, "upstream HTTP/1 connection failed");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn h2_shared(&self) -> Option<conn::http2::SendRequest<RequestBody>> {
+        let mut state = self.state.lock().expect("pool lock");
+        let (sender, used) = state.h2.as_mut()?;
+        if sender.is_closed() {
+            state.h2 = None;
+            return None;
+        }
+        *used = Instant::now();
+        Some(sender.clone())
+    }
+
+    async fn h2_connect(self: &Arc<Self>) -> Result<conn::http2::SendRequest<RequestBody>, ClientError> {
+        let _connecting = self.h2_connecting.lock().await;
+        // Another request may have connected while this one waited.
+        if let Some(sender) = self.h2_shared() {
+            return Ok(sender);
+        }
+        let io = self.connector.connect().await?;
+        let (mut sender, connection) = conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .adaptive_window(true)
+            .handshake(TokioIo::new(io))
+            .await?;
+        let addr = self.connector.addr;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%addr, %error, "upstream HTTP/2 connection failed");
+            }
+        });
+        sender.ready().await?;
+        let mut state = self.state.lock().expect("pool lock");
+        state.h2 = Some((sender.clone(), Instant::now()));
+        self.sweep_idle(&mut state);
+        Ok(sender)
+    }
+
+    /// Starts, once, the task that closes connections left unused for
+    /// [`POOL_IDLE`]; it ends with the pool.
+    fn sweep_idle(self: &Arc<Self>, state: &mut PoolState) {
+        if state.sweeping {
+            return;
+        }
+        state.sweeping = true;
+        let pool: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(POOL_IDLE / 2);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(pool) = pool.upgrade() else { return };
+                let now = Instant::now();
+                let mut state = pool.state.lock().expect("pool lock");
+                // A busy HTTP/1 connection is not ready; it stays.
+                state.h1.retain(|(s, used)| match s.is_closed() {
+                    true => false,
+                    false => !s.is_ready() || now - *used < POOL_IDLE,
+                });
+                if state.h2.as_ref().is_some_and(|(s, used)| s.is_closed() || now - *used >= POOL_IDLE) {
+                    // Streams still open on it finish before it closes.
+                    state.h2 = None;
+                }
+            }
+        });
+    }
+}
+
+/// HTTP/1 writes the request target in origin form (`/path?query`), or
+/// authority form for CONNECT; the proxy's requests carry absolute URIs.
+fn request_form(req: &mut Request<RequestBody>) {
+    let uri = req.uri();
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return;
+    }
+    let form = if req.method() == Method::CONNECT {
+        uri.authority().map(|a| Uri::from(a.clone()))
+    } else {
+        let mut parts = Parts::default();
+        parts.path_and_query = uri.path_and_query().cloned();
+        Uri::from_parts(parts).ok()
+    };
+    *req.uri_mut() = form.unwrap_or_else(|| Uri::from_static("/"));
+}
+
+// === impl Connector ===
+
+/// Dials one endpoint, whatever the request's URI says: the URI carries the
+/// authority the application asked for, the connector where it really goes.
+#[derive(Clone)]
+pub struct Connector {
+    addr: SocketAddr,
+    timeout: Duration,
+    direction: Direction,
+    metrics: Arc<Metrics>,
+    /// Mesh TLS to the identity the endpoint's proxy must present.
+    tls: Option<(Arc<rustls::ClientConfig>, Arc<str>)>,
+}
+
+impl Connector {
+    async fn connect(&self) -> Result<Upstream, ConnectError> {
+        let Connector { addr, timeout, direction, metrics, tls } = self;
+        let (addr, timeout, direction) = (*addr, *timeout, *direction);
+        let started = tokio::time::Instant::now();
+        let stream = connect(addr, timeout).await?;
+        let label = match (tls, direction) {
+            (Some((_, id)), _) => Tls::Mesh(Some(id.clone())),
+            (None, Direction::Inbound) => Tls::INBOUND_PLAIN,
+            (None, Direction::Outbound) => Tls::OUTBOUND_PLAIN,
+        };
+        let labels = TcpLabels { direction, peer: Peer::Dst, target_addr: addr, tls: label, dst: None };
+        let stream = MeteredIo::new(stream, metrics.tcp(labels));
+        let Some((config, identity)) = tls else {
+            return Ok(Upstream::Plain(stream));
+        };
+        // The handshake shares the connect timeout.
+        let stream = tokio::time::timeout_at(started + timeout, mesh_tls(stream, config.clone(), identity))
+            .await
+            .map_err(|_| ConnectError::Timeout { addr, timeout })?
+            .map_err(|reason| ConnectError::Tls { addr, identity: identity.to_string(), reason })?;
+        Ok(Upstream::Tls(Box::new(stream)))
     }
 }
 
@@ -203,12 +394,6 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
 pub enum Upstream {
     Plain(MeteredIo<TcpStream>),
     Tls(Box<tokio_rustls::client::TlsStream<MeteredIo<TcpStream>>>),
-}
-
-impl Connection for Upstream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
 }
 
 macro_rules! each {
@@ -262,5 +447,133 @@ impl tokio::io::AsyncWrite for Upstream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         each!(self, io => io.poll_shutdown(cx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A local server that counts the connections it accepts and answers
+    /// with the request target: `/slow` after 200 ms, anything else at
+    /// once; `/big` answers 1 MiB instead.
+    async fn server(h2: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    if req.uri().path() == "/slow" {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    let mut target = req.uri().to_string();
+                    if req.uri().path() == "/big" {
+                        target = "x".repeat(1 << 20);
+                    }
+                    Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from(target),
+                    )))
+                });
+                let io = TokioIo::new(stream);
+                tokio::spawn(async move {
+                    if h2 {
+                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, svc)
+                            .await;
+                    } else {
+                        let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn client(addr: SocketAddr, proto: Proto) -> HttpClient {
+        Clients::new(Direction::Inbound, Duration::from_secs(1), Metrics::new(), None).get(addr, proto)
+    }
+
+    fn get(path: &str, version: Version) -> Request<RequestBody> {
+        Request::builder()
+            .uri(format!("http://web.shop:8080{path}"))
+            .version(version)
+            .body(RequestBody::Empty)
+            .unwrap()
+    }
+
+    async fn body(rsp: Response<Incoming>) -> String {
+        String::from_utf8(rsp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn http1_reuses_an_idle_connection_and_opens_more_under_concurrency() {
+        let (addr, accepted) = server(false).await;
+        let client = client(addr, Proto::Http1);
+        for _ in 0..5 {
+            let rsp = client.request(get("/a?b=1", Version::HTTP_11)).await.unwrap();
+            // HTTP/1 writes origin form, whatever URI the proxy carries.
+            assert_eq!(body(rsp).await, "/a?b=1");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "sequential requests share one connection");
+
+        let slow = (0..3).map(|_| client.request(get("/slow", Version::HTTP_11)));
+        for rsp in futures_util::future::join_all(slow).await {
+            assert_eq!(body(rsp.unwrap()).await, "/slow");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3, "concurrent requests take a connection each");
+        // The pool now holds three idle connections; more requests open none.
+        for _ in 0..5 {
+            body(client.request(get("/", Version::HTTP_11)).await.unwrap()).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn http1_does_not_reuse_a_connection_whose_response_is_unread() {
+        let (addr, accepted) = server(false).await;
+        let client = client(addr, Proto::Http1);
+        let first = client.request(get("/big", Version::HTTP_11)).await.unwrap();
+        // The first response's body is still unread: its connection is busy.
+        let second = client.request(get("/", Version::HTTP_11)).await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(body(first).await.len(), 1 << 20);
+        assert_eq!(body(second).await, "/");
+    }
+
+    #[tokio::test]
+    async fn http2_multiplexes_concurrent_requests_on_one_connection() {
+        let (addr, accepted) = server(true).await;
+        let client = client(addr, Proto::Http2);
+        let slow = (0..8).map(|_| client.request(get("/slow", Version::HTTP_2)));
+        for rsp in futures_util::future::join_all(slow).await {
+            assert_eq!(body(rsp.unwrap()).await, "http://web.shop:8080/slow");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection is opened, even when requests race");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_is_a_connect_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let err = client(addr, Proto::Http1).request(get("/", Version::HTTP_11)).await.unwrap_err();
+        assert!(matches!(err, ClientError::Connect(ConnectError::Refused { .. })), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_closed_pooled_connection_is_not_used() {
+        let (addr, accepted) = server(false).await;
+        let client = client(addr, Proto::Http1);
+        let mut req = get("/", Version::HTTP_11);
+        req.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        body(client.request(req).await.unwrap()).await;
+        body(client.request(get("/", Version::HTTP_11)).await.unwrap()).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 }

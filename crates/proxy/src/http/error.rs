@@ -44,16 +44,13 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    /// Finds the proxy's own error in a client error's chain of causes, so
-    /// a failed connect is told apart from a failure mid-request.
-    pub fn from_client(err: hyper_util::client::legacy::Error) -> Self {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
-        while let Some(e) = source {
-            if let Some(connect) = e.downcast_ref::<ConnectError>() {
-                return connect.clone().into();
-            }
-            source = e.source();
-        }
+    /// A failed connect keeps its own error; a failure mid-request says
+    /// what failed, with its causes.
+    pub fn from_client(err: super::client::ClientError) -> Self {
+        let err = match err {
+            super::client::ClientError::Connect(connect) => return connect.into(),
+            other => other,
+        };
         let mut msg = err.to_string();
         let mut source = std::error::Error::source(&err);
         while let Some(e) = source {
@@ -164,7 +161,7 @@ impl ProxyError {
     }
 }
 
-/// What the connector fails with; cloned out of the client's error chain.
+/// What the connector fails with.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("connect to {addr} failed: {reason}")]

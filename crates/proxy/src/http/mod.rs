@@ -15,7 +15,7 @@ use self::{
 };
 use crate::{
     discovery::{Discovery, Resolution, ServiceRoute, TargetKey, balance::InFlight},
-    metrics::{AuthzLabels, Direction, HttpLabels, Metrics, RouteMetrics, Tls},
+    metrics::{AuthzLabels, Direction, HttpLabels, LastAuthz, Metrics, RouteMetrics, Tls},
     policy::{Verdict, discover::PortPolicy},
 };
 use bytes::Bytes;
@@ -82,6 +82,7 @@ struct Conn {
     peer: SocketAddr,
     /// The last route used: most connections speak to one authority.
     route: Mutex<Option<RouteMetrics>>,
+    last_authz: LastAuthz,
 }
 
 // === impl ConnService ===
@@ -99,7 +100,21 @@ impl ConnService {
         let target = target.filter(|_| !proxy.ingress_mode);
         let client = target.filter(|_| service.is_none()).map(|t| proxy.clients.get(t, proto));
         let route = Mutex::new(None);
-        Self { inner: Arc::new(Conn { proxy, proto, target, client, service, tls, authz, peer, route }) }
+        let last_authz = LastAuthz::default();
+        Self {
+            inner: Arc::new(Conn {
+                proxy,
+                proto,
+                target,
+                client,
+                service,
+                tls,
+                authz,
+                peer,
+                route,
+                last_authz,
+            }),
+        }
     }
 }
 
@@ -340,11 +355,11 @@ impl Conn {
                     tracing::info!(client = %ip, server = %policy.meta.name, route = %route.name, "audit: a request the policy would deny");
                 }
                 labels.authz = Some(authz);
-                self.proxy.metrics.authz(true, &labels);
+                self.proxy.metrics.authz_http(&self.last_authz, labels);
                 Ok(())
             }
             Verdict::Deny => {
-                self.proxy.metrics.authz(true, &labels);
+                self.proxy.metrics.authz_http(&self.last_authz, labels);
                 Err(ProxyError::Unauthorized { server: policy.meta.name.clone(), route: route.name.clone() })
             }
         }

@@ -388,7 +388,7 @@ async fn mirror(proxy: Arc<super::HttpProxy>, backend: Arc<Backend>, mut req: Re
     let sent = async {
         let rsp = client.request(req).await?;
         let _ = rsp.into_body().collect().await;
-        Ok::<_, hyper_util::client::legacy::Error>(())
+        Ok::<_, super::client::ClientError>(())
     };
     match tokio::time::timeout(MIRROR_TIMEOUT, sent).await {
         Ok(Ok(())) => picked.responded(),
