@@ -209,9 +209,19 @@ impl Balancer {
         policy: Option<&Arc<Consecutive>>,
     ) -> Pick {
         match self.pick_for(route, policy) {
-            Pick::Empty => {}
-            found => return found,
+            // Boxed: waiting is rare, and its timer would otherwise enlarge
+            // every request's future.
+            Pick::Empty => Box::pin(self.wait_and_pick(timeout, route, policy)).await,
+            found => found,
         }
+    }
+
+    async fn wait_and_pick(
+        &self,
+        timeout: Duration,
+        route: Option<&RouteAccrual>,
+        policy: Option<&Arc<Consecutive>>,
+    ) -> Pick {
         let mut rx = self.endpoints.subscribe();
         let wait = rx.wait_for(|eps| !eps.is_empty());
         let _ = tokio::time::timeout(timeout, wait).await;

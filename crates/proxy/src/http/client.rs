@@ -178,7 +178,9 @@ impl HttpClient {
                     request_form(&mut req);
                     let mut sender = match pool.h1_idle() {
                         Some(sender) => sender,
-                        None => pool.h1_connect().await?,
+                        // Boxed: connecting (and its TLS handshake) is the rare
+                        // case, and would otherwise make every request's future large.
+                        None => Box::pin(pool.h1_connect()).await?,
                     };
                     let sent = sender.send_request(req);
                     pool.h1_put(sender);
@@ -187,7 +189,7 @@ impl HttpClient {
                 Proto::Http2 => {
                     let mut sender = match pool.h2_shared() {
                         Some(sender) => sender,
-                        None => pool.h2_connect().await?,
+                        None => Box::pin(pool.h2_connect()).await?,
                     };
                     Ok(sender.send_request(req).await?)
                 }

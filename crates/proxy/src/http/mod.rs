@@ -152,7 +152,9 @@ impl Conn {
             && req.headers_mut().remove(L5D_ORIG_PROTO).is_some();
         let service = self.service_for(&authority).await;
         if let Some(service) = service.as_ref().filter(|s| s.router.is_some() && !upgrading) {
-            return self.proxy_routed(req, authority, service.clone(), started, grpc).await;
+            // Boxed, as are the other rarely taken awaits below: each request's
+            // future is moved whole a few times, and these would make it kilobytes.
+            return Box::pin(self.proxy_routed(req, authority, service.clone(), started, grpc)).await;
         }
         let (target, client, picked, upgrade_h2) =
             match self.endpoint(&authority, service, upgrading, downgrade).await {
@@ -286,7 +288,8 @@ impl Conn {
         if self.target.is_some() && self.client.is_some() {
             return None;
         }
-        match self.proxy.discovery.as_ref()?.resolve(TargetKey::Authority(authority.to_string())).await {
+        let discovery = self.proxy.discovery.as_ref()?;
+        match Box::pin(discovery.resolve(TargetKey::Authority(authority.to_string()))).await {
             Resolution::Service(service) => Some(service),
             _ => None,
         }
