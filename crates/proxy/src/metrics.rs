@@ -384,6 +384,9 @@ impl RouteMetrics {
     }
 
     pub fn response_end(&self, status_code: u16, grpc_status: Option<u32>, error: Option<&'static str>) {
+        // gRPC defines codes 0 to 16; a peer's other numbers are UNKNOWN
+        // (2), so a hostile peer cannot mint a series per number.
+        let grpc_status = grpc_status.map(|code| if code > 16 { 2 } else { code });
         let success =
             error.is_none() && status_code != 0 && status_code < 500 && grpc_status.is_none_or(|s| s == 0);
         let class = if success { Class::Success } else { Class::Failure };
@@ -561,6 +564,8 @@ mod tests {
         route.response_end(200, None, None);
         route.response_end(503, None, None);
         route.response_end(200, Some(14), None);
+        route.response_end(200, Some(4_000_000), None);
+        route.response_end(200, Some(2), None);
         let text = metrics.encode();
         let base = r#"direction="outbound",authority="web.default.svc.cluster.local:80",target_addr="10.1.2.3:8080",tls="no_identity",no_tls_reason="not_provided_by_service_discovery""#;
         assert!(text.contains(&format!("request_total{{{base}}} 2")), "{text}");
@@ -582,6 +587,13 @@ mod tests {
             )),
             "{text}"
         );
+        assert!(
+            text.contains(&format!(
+                r#"response_total{{{base},status_code="200",grpc_status="2",classification="failure"}} 2"#
+            )),
+            "codes past 16 count as UNKNOWN: {text}"
+        );
+        assert!(!text.contains("4000000"), "{text}");
         assert!(
             text.contains(&format!(r#"response_latency_ms_bucket{{le="1.0",{base},status_code="200"}} 1"#)),
             "{text}"
