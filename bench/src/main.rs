@@ -32,8 +32,8 @@ struct Args {
     /// An Envoy binary, to measure it beside weft-proxy in the same run.
     #[arg(long)]
     envoy: Option<PathBuf>,
-    /// Seconds of load per measured point.
-    #[arg(long, default_value_t = 10)]
+    /// Seconds of load per measured point and round.
+    #[arg(long, default_value_t = 4)]
     seconds: u64,
     /// Fixed request rates for HTTP/1.1 (requests per second; 0 for none).
     #[arg(long, value_delimiter = ',', default_value = "500,1000,2000,5000")]
@@ -51,7 +51,14 @@ struct Args {
     /// (never downloaded or built here).
     #[arg(long, env = "LINKERD2_PROXY_BIN")]
     linkerd2_proxy: Option<PathBuf>,
-    /// A short run for development: 1,000 req/s only, 2 s per point.
+    /// Rounds per point: every contender (and direct) is measured once per
+    /// round, interleaved, and each figure is the median over the rounds of
+    /// that round's value (added latency: the contender's minus direct's in
+    /// the same round), so one noisy moment on a shared machine moves no
+    /// figure.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// A short run for development: 1,000 req/s only, 2 s per point, one round.
     #[arg(long)]
     quick: bool,
     /// Measure only these contenders (e.g. `--only weft` while profiling).
@@ -91,7 +98,9 @@ fn main() -> anyhow::Result<()> {
     if args.quick {
         args.seconds = 2;
         args.rates = vec![1000];
+        args.rounds = 1;
     }
+    let rounds = args.rounds.max(1);
     let duration = Duration::from_secs(args.seconds);
 
     let direct = path(&net, "direct", |_, _| None);
@@ -156,7 +165,8 @@ fn main() -> anyhow::Result<()> {
 
     println!(
         "weft-bench: HTTP/1.1 GET of 1 KiB over {} connections, gRPC unary over one HTTP/2 connection \
-         ({} streams); open loop, {}s per point; each sidecar on one core; added = sidecar pair minus direct",
+         ({} streams); open loop, {}s per point; each sidecar on one core; added = sidecar pair minus direct; \
+         each figure the median of {rounds} interleaved round(s)",
         args.connections, args.connections, args.seconds
     );
     println!();
@@ -173,53 +183,74 @@ fn main() -> anyhow::Result<()> {
     }
     for (protocol, rate) in points {
         let load = Load { protocol, rate: Some(rate), duration, connections: args.connections };
-        let base = run(&direct, &load)?;
-        print_row(&format!("{} direct", protocol.name()), &base, None);
-        if base.throughput() < rate as f64 * 0.95 {
-            println!(
-                "  ! the load generator reached only {:.0} of {rate} req/s direct: this row measures it, not the proxies",
-                base.throughput()
-            );
-        }
-        results.push(protocol.name(), rate, "direct", &base, None, None);
-        let mut weft_added_p99 = None;
-        for path in &meshed {
-            if failed.contains(&path.name) {
-                continue;
-            }
-            let before = cpu(path);
-            // A contender that cannot carry the load is reported and left
-            // out; the others are still measured.
-            let report = match run(path, &load) {
-                Ok(report) => report,
-                Err(error) => {
-                    println!(
-                        "{:<22} FAILED, left out of the run: {error:#}",
-                        format!("{} {}", protocol.name(), path.name)
-                    );
-                    failed.push(path.name);
+        // Per round: direct, then every contender, so drift hits all alike.
+        let mut direct_rounds = Vec::new();
+        let mut rounds_of: Vec<Vec<Figures>> = meshed.iter().map(|_| Vec::new()).collect();
+        for _ in 0..rounds {
+            let base = run(&direct, &load)?;
+            for (path, of) in meshed.iter().zip(rounds_of.iter_mut()) {
+                if failed.contains(&path.name) {
                     continue;
                 }
-            };
-            let after = cpu(path);
-            let per_10k = |d: Duration| d.as_secs_f64() * 10_000.0 / report.completed.max(1) as f64;
-            let cpu_pair = (per_10k(after.0 - before.0), per_10k(after.1 - before.1));
-            cpu_rows.push((format!("{} {} @ {rate}/s", path.name, protocol.name()), cpu_pair.0, cpu_pair.1));
-            print_row(&format!("{} {}", protocol.name(), path.name), &report, Some(&base));
-            let added_p99 = report.quantile(0.99) as f64 - base.quantile(0.99) as f64;
-            if path.name == "weft" {
-                weft_added_p99 = Some(added_p99);
+                let before = cpu(path);
+                // A contender that cannot carry the load is reported and left
+                // out; the others are still measured.
+                let report = match run(path, &load) {
+                    Ok(report) => report,
+                    Err(error) => {
+                        println!(
+                            "{:<22} FAILED, left out of the run: {error:#}",
+                            format!("{} {}", protocol.name(), path.name)
+                        );
+                        failed.push(path.name);
+                        continue;
+                    }
+                };
+                let after = cpu(path);
+                let per_10k = |d: Duration| d.as_secs_f64() * 10_000.0 / report.completed.max(1) as f64;
+                let cpu_pair = (per_10k(after.0 - before.0), per_10k(after.1 - before.1));
+                of.push(Figures::of(&report, Some(&base), Some(cpu_pair)));
             }
-            // A ratio only means something when both added a measurable
-            // amount (50 µs) over direct.
-            match weft_added_p99.filter(|_| path.name != "weft") {
-                Some(weft) if weft > 50.0 && added_p99 > 50.0 => {
-                    println!("{:<22} added p99 is {:.1}x weft's", "", added_p99 / weft)
+            direct_rounds.push(Figures::of(&base, None, None));
+        }
+        let base = Figures::median(&direct_rounds);
+        print_row(&format!("{} direct", protocol.name()), &base);
+        if base.rps < rate as f64 * 0.95 {
+            println!(
+                "  ! the load generator reached only {:.0} of {rate} req/s direct: this row measures it, not the proxies",
+                base.rps
+            );
+        }
+        results.push(protocol.name(), rate, "direct", &base);
+        // Each contender's added p99 beside weft's doing the same job:
+        // plaintext beside weft, mutual TLS beside weft-mtls.
+        let mut weft_added_p99: Vec<(&str, f64)> = Vec::new();
+        for (path, of) in meshed.iter().zip(&rounds_of) {
+            if of.is_empty() || failed.contains(&path.name) {
+                continue;
+            }
+            let figures = Figures::median(of);
+            print_row(&format!("{} {}", protocol.name(), path.name), &figures);
+            let added_p99 = figures.added.map_or(0.0, |a| a[1]);
+            let against =
+                if path.name.ends_with("-mtls") || path.name == "weft-authz" { "weft-mtls" } else { "weft" };
+            if path.name == "weft" || path.name == "weft-mtls" {
+                weft_added_p99.push((path.name, added_p99));
+            } else {
+                // A ratio only means something when both added a measurable
+                // amount (50 µs) over direct.
+                match weft_added_p99.iter().find(|(name, _)| *name == against) {
+                    Some((_, weft)) if *weft > 0.05 && added_p99 > 0.05 => {
+                        println!("{:<22} added p99 is {:.1}x {against}'s", "", added_p99 / weft)
+                    }
+                    Some(_) => println!("{:<22} added p99 too close to direct's to compare", ""),
+                    None => {}
                 }
-                Some(_) => println!("{:<22} added p99 too close to direct's to compare", ""),
-                None => {}
             }
-            results.push(protocol.name(), rate, path.name, &report, Some(&base), Some(cpu_pair));
+            if let Some((client, server)) = figures.cpu {
+                cpu_rows.push((format!("{} {} @ {rate}/s", path.name, protocol.name()), client, server));
+            }
+            results.push(protocol.name(), rate, path.name, &figures);
         }
     }
 
@@ -286,23 +317,14 @@ struct Results {
 }
 
 impl Results {
-    fn push(
-        &mut self,
-        protocol: &str,
-        rate: u32,
-        contender: &str,
-        r: &Report,
-        base: Option<&Report>,
-        cpu: Option<(f64, f64)>,
-    ) {
-        let ms = |us: u64| us as f64 / 1000.0;
-        let added = |q: f64| base.map(|b| ms(r.quantile(q)) - ms(b.quantile(q)));
+    fn push(&mut self, protocol: &str, rate: u32, contender: &str, f: &Figures) {
         self.rows.push(serde_json::json!({
             "protocol": protocol, "rate": rate, "contender": contender,
-            "achieved_rps": r.throughput(), "errors": r.errors,
-            "p50_ms": ms(r.quantile(0.5)), "p99_ms": ms(r.quantile(0.99)), "p999_ms": ms(r.quantile(0.999)), "max_ms": ms(r.max()),
-            "added_p50_ms": added(0.5), "added_p99_ms": added(0.99), "added_p999_ms": added(0.999),
-            "cpu_s_per_10k": cpu.map(|(c, s)| serde_json::json!({"client": c, "server": s})),
+            "achieved_rps": f.rps, "errors": f.errors,
+            "p50_ms": f.ms[0], "p99_ms": f.ms[1], "p999_ms": f.ms[2], "max_ms": f.ms[3],
+            "added_p50_ms": f.added.map(|a| a[0]), "added_p99_ms": f.added.map(|a| a[1]),
+            "added_p999_ms": f.added.map(|a| a[2]),
+            "cpu_s_per_10k": f.cpu.map(|(c, s)| serde_json::json!({"client": c, "server": s})),
         }));
     }
 
@@ -363,23 +385,65 @@ fn cpu(path: &Path) -> (Duration, Duration) {
     (client.cpu_time(), server.cpu_time())
 }
 
-fn print_row(name: &str, r: &Report, base: Option<&Report>) {
-    let ms = |us: u64| us as f64 / 1000.0;
-    let added = |q: f64| match base {
-        Some(b) => format!("{:+.3}", ms(r.quantile(q)) - ms(b.quantile(q))),
-        None => String::new(),
-    };
+/// One point's figures, from one round or the median of several.
+#[derive(Clone, Copy)]
+struct Figures {
+    rps: f64,
+    errors: u64,
+    /// p50, p99, p999 and max, in milliseconds.
+    ms: [f64; 4],
+    /// p50, p99 and p999 over direct's in the same round.
+    added: Option<[f64; 3]>,
+    /// Client and server sidecar CPU seconds per 10,000 requests.
+    cpu: Option<(f64, f64)>,
+}
+
+impl Figures {
+    fn of(r: &Report, base: Option<&Report>, cpu: Option<(f64, f64)>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        let qs = [0.5, 0.99, 0.999];
+        Figures {
+            rps: r.throughput(),
+            errors: r.errors,
+            ms: [ms(r.quantile(0.5)), ms(r.quantile(0.99)), ms(r.quantile(0.999)), ms(r.max())],
+            added: base.map(|b| qs.map(|q| ms(r.quantile(q)) - ms(b.quantile(q)))),
+            cpu,
+        }
+    }
+
+    /// Each figure's median over the rounds (errors: their sum).
+    fn median(rounds: &[Figures]) -> Figures {
+        fn median(mut v: Vec<f64>) -> f64 {
+            v.sort_by(f64::total_cmp);
+            let n = v.len();
+            if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+        }
+        let of = |f: &dyn Fn(&Figures) -> f64| median(rounds.iter().map(f).collect());
+        Figures {
+            rps: of(&|r| r.rps),
+            errors: rounds.iter().map(|r| r.errors).sum(),
+            ms: [0, 1, 2, 3].map(|i| of(&|r| r.ms[i])),
+            added: rounds[0].added.map(|_| [0, 1, 2].map(|i| of(&|r| r.added.map_or(0.0, |a| a[i])))),
+            cpu: rounds[0]
+                .cpu
+                .map(|_| (of(&|r| r.cpu.map_or(0.0, |c| c.0)), of(&|r| r.cpu.map_or(0.0, |c| c.1)))),
+        }
+    }
+}
+
+fn print_row(name: &str, r: &Figures) {
+    let added = |i: usize| r.added.map(|a| format!("{:+.3}", a[i])).unwrap_or_default();
     println!(
         "{:<22} {:>7.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>11} {:>11} {:>11}",
         name,
-        r.throughput(),
-        ms(r.quantile(0.5)),
-        ms(r.quantile(0.99)),
-        ms(r.quantile(0.999)),
-        ms(r.max()),
-        added(0.5),
-        added(0.99),
-        added(0.999)
+        r.rps,
+        r.ms[0],
+        r.ms[1],
+        r.ms[2],
+        r.ms[3],
+        added(0),
+        added(1),
+        added(2)
     );
     if r.errors > 0 {
         println!("{:<22} {} requests failed", "", r.errors);

@@ -63,7 +63,7 @@ pub fn http(listener: TcpListener) -> (Arc<HttpStats>, impl Future<Output = ()>)
         let stats = stats.clone();
         async move {
             loop {
-                let Ok((sock, _)) = listener.accept().await else { continue };
+                let Some(sock) = accept(&listener).await else { continue };
                 stats.connections.fetch_add(1, Ordering::SeqCst);
                 let stats = stats.clone();
                 tokio::spawn(async move {
@@ -149,7 +149,7 @@ pub fn grpc(listener: TcpListener) -> (tonic_health::server::HealthReporter, imp
     // (and axum) into every test build.
     let serve = async move {
         loop {
-            let Ok((sock, _)) = listener.accept().await else { continue };
+            let Some(sock) = accept(&listener).await else { continue };
             let svc = hyper_util::service::TowerToHyperService::new(service.clone());
             tokio::spawn(async move {
                 let _ = auto::Builder::new(TokioExecutor::new())
@@ -173,7 +173,7 @@ pub fn grpc_flaky(listener: TcpListener) -> (Arc<HttpStats>, impl Future<Output 
         let stats = stats.clone();
         async move {
             loop {
-                let Ok((sock, _)) = listener.accept().await else { continue };
+                let Some(sock) = accept(&listener).await else { continue };
                 let stats = stats.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -218,7 +218,7 @@ pub fn grpc_flaky(listener: TcpListener) -> (Arc<HttpStats>, impl Future<Output 
 pub async fn websocket_echo(listener: TcpListener) {
     use futures_util::{SinkExt, StreamExt};
     loop {
-        let Ok((sock, _)) = listener.accept().await else { continue };
+        let Some(sock) = accept(&listener).await else { continue };
         tokio::spawn(async move {
             let Ok(mut ws) = tokio_tungstenite::accept_async(sock).await else { return };
             while let Some(Ok(msg)) = ws.next().await {
@@ -237,7 +237,7 @@ pub async fn websocket_echo(listener: TcpListener) {
 /// a client that half-closes still gets every byte back.
 pub async fn tcp_echo(listener: TcpListener) {
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else { continue };
+        let Some(mut sock) = accept(&listener).await else { continue };
         tokio::spawn(async move {
             let (mut r, mut w) = sock.split();
             let _ = tokio::io::copy(&mut r, &mut w).await;
@@ -249,7 +249,7 @@ pub async fn tcp_echo(listener: TcpListener) {
 /// Speaks first (as SMTP and MySQL servers do), then echoes.
 pub async fn banner(listener: TcpListener, banner: &'static [u8]) {
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else { continue };
+        let Some(mut sock) = accept(&listener).await else { continue };
         tokio::spawn(async move {
             if sock.write_all(banner).await.is_err() {
                 return;
@@ -262,4 +262,13 @@ pub async fn banner(listener: TcpListener, banner: &'static [u8]) {
             }
         });
     }
+}
+
+/// The next connection, without Nagle's delay on answers written in more
+/// than one piece, as real servers have it (Go's and gRPC's set it by
+/// default).
+async fn accept(listener: &TcpListener) -> Option<tokio::net::TcpStream> {
+    let (sock, _) = listener.accept().await.ok()?;
+    let _ = sock.set_nodelay(true);
+    Some(sock)
 }
