@@ -139,6 +139,10 @@ struct PoolState {
     /// HTTP/2: the one shared connection.
     h2: Option<(conn::http2::SendRequest<RequestBody>, Instant)>,
     sweeping: bool,
+    /// HTTP/2: when the last connect failed, and why. Requests that were
+    /// waiting on that connect get its error rather than each trying (and
+    /// perhaps timing out) again in turn.
+    h2_failed: Option<(Instant, ConnectError)>,
 }
 
 /// Why the upstream request failed: the connection could not be made, or
@@ -253,12 +257,25 @@ impl Pool {
     }
 
     async fn h2_connect(self: &Arc<Self>) -> Result<conn::http2::SendRequest<RequestBody>, ClientError> {
+        let waiting_since = Instant::now();
         let _connecting = self.h2_connecting.lock().await;
-        // Another request may have connected while this one waited.
+        // Another request may have connected, or failed to, while this one
+        // waited.
         if let Some(sender) = self.h2_shared() {
             return Ok(sender);
         }
-        let io = self.connector.connect().await?;
+        if let Some((at, error)) = &self.state.lock().expect("pool lock").h2_failed {
+            if *at >= waiting_since {
+                return Err(error.clone().into());
+            }
+        }
+        let io = match self.connector.connect().await {
+            Ok(io) => io,
+            Err(error) => {
+                self.state.lock().expect("pool lock").h2_failed = Some((Instant::now(), error.clone()));
+                return Err(error.into());
+            }
+        };
         let (mut sender, connection) = conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(10))
@@ -557,6 +574,29 @@ mod tests {
             assert_eq!(body(rsp.unwrap()).await, "http://web.shop:8080/slow");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection is opened, even when requests race");
+    }
+
+    #[tokio::test]
+    async fn http2_requests_waiting_on_a_failing_connect_share_its_error() {
+        // A listener that never accepts, its one-place backlog taken: the
+        // kernel drops further SYNs, so connects time out.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _queued = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let client = Clients::new(Direction::Inbound, Duration::from_millis(300), Metrics::new(), None)
+            .get(addr, Proto::Http2);
+        let started = Instant::now();
+        let all = (0..20).map(|_| client.request(get("/", Version::HTTP_2)));
+        for result in futures_util::future::join_all(all).await {
+            assert!(matches!(result, Err(ClientError::Connect(_))), "{result:?}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "waiters retried in turn: {:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]
