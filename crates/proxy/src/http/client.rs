@@ -28,12 +28,23 @@ pub enum Proto {
 }
 
 /// Where a client connects, how, and as whom the server must prove to be.
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientKey {
     pub addr: SocketAddr,
     pub proto: Proto,
     /// The server's mesh identity; `None` is plaintext.
     pub identity: Option<Arc<str>>,
+}
+
+/// Hashes the address and protocol only: an endpoint has one identity, so
+/// they tell keys apart as well, and a routed request looks its client up
+/// each time without hashing a long identity name (equal keys still hash
+/// alike; the identity is compared on a match).
+impl std::hash::Hash for ClientKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.addr.hash(state);
+        self.proto.hash(state);
+    }
 }
 
 /// The clients of one direction, by endpoint, protocol and identity.
