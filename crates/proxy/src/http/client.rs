@@ -70,7 +70,7 @@ const CLIENT_IDLE: Duration = Duration::from_secs(300);
 /// A pooled connection unused for this long is closed.
 const POOL_IDLE: Duration = Duration::from_secs(60);
 
-/// At most this many HTTP/1 connections are kept per endpoint.
+/// At most this many idle HTTP/1 connections are kept per endpoint.
 const POOL_MAX: usize = 64;
 
 // === impl Clients ===
@@ -225,9 +225,9 @@ impl Pool {
             i -= 1;
             let (sender, _) = &state.h1[i];
             if sender.is_closed() {
-                state.h1.swap_remove(i);
+                state.h1.remove(i);
             } else if sender.is_ready() {
-                return Some(state.h1.swap_remove(i).0);
+                return Some(state.h1.remove(i).0);
             }
         }
         None
@@ -235,12 +235,22 @@ impl Pool {
 
     fn h1_put(self: &Arc<Self>, sender: conn::http1::SendRequest<RequestBody>) {
         let mut state = self.state.lock().expect("pool lock");
-        if state.h1.len() >= POOL_MAX {
-            // Dropping a sender lets its connection finish the exchange
-            // under way and then close.
-            return;
-        }
         state.h1.push((sender, Instant::now()));
+        if state.h1.len() > POOL_MAX {
+            // The limit is on idle connections: busy ones (more requests in
+            // flight than the limit) stay, and the least recently used idle
+            // ones past the limit go. Dropping a sender closes its connection.
+            state.h1.retain(|(s, _)| !s.is_closed());
+            let idle = state.h1.iter().filter(|(s, _)| s.is_ready()).count();
+            let mut excess = idle.saturating_sub(POOL_MAX);
+            state.h1.retain(|(s, _)| match excess > 0 && s.is_ready() {
+                true => {
+                    excess -= 1;
+                    false
+                }
+                false => true,
+            });
+        }
         self.sweep_idle(&mut state);
     }
 
@@ -562,6 +572,25 @@ mod tests {
             body(client.request(get("/", Version::HTTP_11)).await.unwrap()).await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn http1_keeps_more_connections_than_the_idle_limit_while_they_are_busy() {
+        let (addr, accepted) = server(false).await;
+        let client = client(addr, Proto::Http1);
+        let n = POOL_MAX + 6;
+        let slow = (0..n).map(|_| client.request(get("/slow", Version::HTTP_11)));
+        for rsp in futures_util::future::join_all(slow).await {
+            assert_eq!(body(rsp.unwrap()).await, "/slow");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), n);
+        // None was dropped while busy...
+        assert_eq!(client.pool.state.lock().unwrap().h1.len(), n);
+        // ...and once idle, the next request reuses one and trims the idle
+        // rest to the limit (its own, busy when it went back, stays too).
+        body(client.request(get("/", Version::HTTP_11)).await.unwrap()).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), n);
+        assert_eq!(client.pool.state.lock().unwrap().h1.len(), POOL_MAX + 1);
     }
 
     #[tokio::test]
