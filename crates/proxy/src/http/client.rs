@@ -175,6 +175,11 @@ impl HttpClient {
         Self { pool: Arc::new(pool) }
     }
 
+    /// The protocol this client speaks to its endpoint.
+    pub fn proto(&self) -> Proto {
+        self.pool.proto
+    }
+
     /// Sends `req` on a pooled connection, or a new one. The request is
     /// sent at most once: a connection that fails under it is an error,
     /// never a silent retry (the application, or a route's retry policy,

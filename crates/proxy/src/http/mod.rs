@@ -204,7 +204,12 @@ impl Conn {
             req.headers_mut().insert(L5D_ORIG_PROTO, HeaderValue::from_static(orig));
             *req.version_mut() = http::Version::HTTP_2;
         }
-        *req.uri_mut() = absolute_uri(req.uri(), &authority);
+        // HTTP/2 carries the authority in the URI; HTTP/1 writes the
+        // request target as the client sent it (the client puts it in
+        // origin form), so it is not made absolute only to be cut back.
+        if client.proto() == Proto::Http2 {
+            *req.uri_mut() = absolute_uri(req.uri(), &authority);
+        }
         let downstream_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
 
         let mut rsp = match client.request(req.map(|b| RequestBody::new(b, None))).await {
