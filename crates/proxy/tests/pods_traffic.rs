@@ -87,6 +87,9 @@ fn cluster(
     Some((cluster, stats))
 }
 
+/// A route's annotations: retry 5xx answers, at most three times.
+const RETRY_5XX_3: &str = r#"retry.linkerd.io/http: "5xx", retry.linkerd.io/limit: "3""#;
+
 #[test]
 fn a_request_timeout_answers_504_in_time() {
     let rules = "[{ matches: [{ path: { type: PathPrefix, value: / } }], timeouts: { request: 200ms } }]";
@@ -125,7 +128,7 @@ fn a_request_timeout_answers_504_in_time() {
 
 #[test]
 fn retries_turn_a_30_percent_failing_back_end_into_success() {
-    let annotations = r#"retry.linkerd.io/http: "5xx", retry.linkerd.io/limit: "3""#;
+    let annotations = RETRY_5XX_3;
     let Some((cluster, stats)) = cluster(
         "retries_turn_a_30_percent_failing_back_end_into_success",
         1,
@@ -158,7 +161,7 @@ fn retries_turn_a_30_percent_failing_back_end_into_success() {
 
 #[test]
 fn the_retry_budget_caps_extra_load_in_a_full_outage() {
-    let annotations = r#"retry.linkerd.io/http: "5xx", retry.linkerd.io/limit: "3""#;
+    let annotations = RETRY_5XX_3;
     let Some((cluster, stats)) = cluster(
         "the_retry_budget_caps_extra_load_in_a_full_outage",
         1,
@@ -455,7 +458,7 @@ fn a_backend_without_endpoints_fails_fast() {
 
 #[test]
 fn retried_bodies_are_replayed_and_large_ones_sent_once() {
-    let annotations = r#"retry.linkerd.io/http: "5xx", retry.linkerd.io/limit: "3""#;
+    let annotations = RETRY_5XX_3;
     let Some((cluster, stats)) = cluster(
         "retried_bodies_are_replayed_and_large_ones_sent_once",
         1,

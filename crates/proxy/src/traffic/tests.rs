@@ -84,6 +84,14 @@ fn bind() -> impl FnMut(&BackendSpec) -> Arc<Balancer> {
     |b: &BackendSpec| Arc::new(Balancer::new(b.default_rtt, b.decay))
 }
 
+/// A match on header `name` being exactly `value`.
+fn header_is(name: &str, value: &str) -> api::HeaderMatch {
+    api::HeaderMatch {
+        name: name.into(),
+        value: Some(api::header_match::Value::Exact(value.as_bytes().to_vec())),
+    }
+}
+
 fn get(path: &str) -> Request<()> {
     Request::builder().uri(path).body(()).unwrap()
 }
@@ -94,13 +102,7 @@ fn the_most_specific_match_wins() {
         path: Some(api::PathMatch { kind: Some(api::path_match::Kind::Exact("/api/v1/books".into())) }),
         ..Default::default()
     };
-    let with_header = api::HttpRouteMatch {
-        headers: vec![api::HeaderMatch {
-            name: "x-canary".into(),
-            value: Some(api::header_match::Value::Exact(b"1".to_vec())),
-        }],
-        ..prefix("/api")
-    };
+    let with_header = api::HttpRouteMatch { headers: vec![header_is("x-canary", "1")], ..prefix("/api") };
     let rules = vec![
         out::http_route::Rule {
             matches: vec![prefix("/")],
@@ -252,13 +254,7 @@ fn regexes_match_whole_values_and_rewrites_use_the_winning_match() {
         path: Some(api::PathMatch { kind: Some(api::path_match::Kind::Regex("/a|/ab".into())) }),
         ..Default::default()
     };
-    let v1_with_header = api::HttpRouteMatch {
-        headers: vec![api::HeaderMatch {
-            name: "x".into(),
-            value: Some(api::header_match::Value::Exact(b"1".to_vec())),
-        }],
-        ..prefix("/v1")
-    };
+    let v1_with_header = api::HttpRouteMatch { headers: vec![header_is("x", "1")], ..prefix("/v1") };
     let rules = vec![
         out::http_route::Rule {
             matches: vec![regex],
