@@ -205,7 +205,8 @@ impl Proxy {
                         config.connect_timeout,
                         self.metrics.clone(),
                         mesh_tls.clone(),
-                    ),
+                    )
+                    .with_mesh_http1(self.config.mesh_http1_connections),
                     metrics: self.metrics.clone(),
                     ingress_mode: direction == Direction::Outbound && self.config.ingress_mode,
                     own_addr,

@@ -46,6 +46,10 @@ pub const ENV_INBOUND_PORTS_REQUIRE_IDENTITY: &str = "LINKERD2_PROXY_INBOUND_POR
 /// weft's own: where inbound connections go when they were not redirected by
 /// iptables (local mode on 127.0.0.0/8, where there is no `SO_ORIGINAL_DST`).
 pub const ENV_INBOUND_FORWARD: &str = "WEFT_PROXY_INBOUND_FORWARD";
+/// weft's own: HTTP/1 connections to one meshed endpoint before further
+/// concurrent HTTP/1 requests to it ride HTTP/2 (0: always, as
+/// linkerd2-proxy does).
+pub const ENV_OUTBOUND_MESH_HTTP1_CONNECTIONS: &str = "WEFT_PROXY_OUTBOUND_MESH_HTTP1_CONNECTIONS";
 
 /// Linkerd's default list of ports on which the client or server speaks first
 /// (SMTP, MySQL, Galera, PostgreSQL, Redis, Elasticsearch, memcached).
@@ -64,6 +68,9 @@ pub struct Config {
     pub log: String,
     pub log_format: LogFormat,
     pub inbound_forward: Option<SocketAddr>,
+    /// HTTP/1 connections to one meshed endpoint before HTTP/1 requests
+    /// to it ride HTTP/2.
+    pub mesh_http1_connections: usize,
     /// The controller, when there is one: without it, outbound traffic
     /// goes to its original destination.
     pub discovery: Option<DiscoveryConfig>,
@@ -189,6 +196,9 @@ impl Config {
             log: env.parse(ENV_LOG, |s| Ok(s.to_string()))?.unwrap_or_else(|| "warn,weft=info".into()),
             log_format: env.parse(ENV_LOG_FORMAT, parse_log_format)?.unwrap_or(LogFormat::Plain),
             inbound_forward: env.parse(ENV_INBOUND_FORWARD, parse_addr)?,
+            mesh_http1_connections: env
+                .parse(ENV_OUTBOUND_MESH_HTTP1_CONNECTIONS, parse_count)?
+                .unwrap_or(crate::http::client::DEFAULT_MESH_HTTP1_CONNECTIONS),
             discovery: None,
             identity: None,
             require_identity_ports: env
@@ -365,6 +375,10 @@ fn parse_bool(s: &str) -> Result<bool, String> {
     }
 }
 
+fn parse_count(s: &str) -> Result<usize, String> {
+    s.trim().parse().map_err(|_| "expected a whole number (0 or more)".into())
+}
+
 fn parse_cores(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n > 0 => Ok(n),
@@ -478,6 +492,12 @@ mod tests {
 
         let err = config(&[(ENV_CORES, "0")]).unwrap_err();
         assert_eq!(err.name, ENV_CORES);
+
+        let err = config(&[(ENV_OUTBOUND_MESH_HTTP1_CONNECTIONS, "-1")]).unwrap_err();
+        assert_eq!(err.name, ENV_OUTBOUND_MESH_HTTP1_CONNECTIONS);
+        let c = config(&[(ENV_OUTBOUND_MESH_HTTP1_CONNECTIONS, "0")]).unwrap();
+        assert_eq!(c.mesh_http1_connections, 0);
+        assert_eq!(config(&[]).unwrap().mesh_http1_connections, 32);
     }
 
     #[test]

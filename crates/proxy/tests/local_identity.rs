@@ -119,7 +119,7 @@ async fn get(proxy: SocketAddr, path: &str, extra: Option<(&str, &str)>) -> http
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn meshed_proxies_speak_mutual_tls_and_carry_http1_over_http2() {
+async fn meshed_proxies_speak_mutual_tls_and_share_a_connection() {
     let mesh = Meshed::start("mtls", false, Duration::from_secs(3600)).await;
     let client_id = mesh.ca.identity("shop", "client");
     let server_id = mesh.ca.identity("shop", "web");
@@ -180,6 +180,52 @@ async fn meshed_proxies_speak_mutual_tls_and_carry_http1_over_http2() {
 
 /// A TLS client of the server proxy's inbound listener: `Ok((status,
 /// body))` when it got an HTTP answer, `Err` with why not.
+/// HTTP/1 between the proxies stays HTTP/1 up to the connection limit (2
+/// here); past it, concurrent requests share one HTTP/2 connection, and
+/// the application sees HTTP/1 either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_between_proxies_rides_http2_past_the_connection_limit() {
+    let limit = [("WEFT_PROXY_OUTBOUND_MESH_HTTP1_CONNECTIONS", "2")];
+    let mesh = Meshed::start_with("h1-limit", false, Duration::from_secs(3600), &limit).await;
+    let server_id = mesh.ca.identity("shop", "web");
+
+    // Five requests held by the application, started one after another so
+    // that each sees the connections of those before it.
+    let mut held = Vec::new();
+    for i in 1..=5 {
+        let outbound = mesh.client.outbound;
+        held.push(tokio::spawn(async move { get(outbound, "/slow", None).await }));
+        let arrived = tokio::time::timeout(Duration::from_secs(10), mesh.stats.slow_arrived.notified()).await;
+        assert!(arrived.is_ok(), "request {i} did not reach the application:\n{}", mesh.client.log());
+    }
+    mesh.stats.release.notify_waiters();
+    for rsp in held {
+        let rsp = rsp.await.unwrap();
+        assert_eq!(rsp.status(), StatusCode::OK, "{}", mesh.client.log());
+        assert_eq!(rsp.body().as_ref(), b"slow");
+        assert!(rsp.headers().get("l5d-orig-proto").is_none());
+    }
+    // And one more, on an idle HTTP/1 connection; the application saw
+    // HTTP/1 without the proxies' marker.
+    let rsp = get(mesh.client.outbound, "/headers", None).await;
+    assert!(!String::from_utf8_lossy(rsp.body()).contains("l5d-orig-proto"));
+
+    // Two HTTP/1 connections and one HTTP/2, not six.
+    let client = Meshed::metrics(&mesh.client).await;
+    let outbound = format!(
+        r#"tcp_open_total{{direction="outbound",peer="dst",target_addr="{}",tls="true",server_id="{server_id}"}}"#,
+        mesh.server.inbound
+    );
+    assert_eq!(metric(&client, &outbound), Some(3.0), "{client}");
+    let server = Meshed::metrics(&mesh.server).await;
+    let inbound = format!(
+        r#"request_total{{direction="inbound",authority="{AUTHORITY}",target_addr="{}",tls="true""#,
+        mesh.app
+    );
+    assert!(server.contains(&inbound), "{server}");
+    assert_eq!(mesh.stats.requests.load(Ordering::SeqCst), 6);
+}
+
 async fn tls_get(
     addr: SocketAddr,
     config: Arc<rustls::ClientConfig>,

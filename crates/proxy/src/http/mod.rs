@@ -272,12 +272,14 @@ impl Conn {
             let addr = picked.addr();
             let meta = picked.meta();
             let identity = meta.identity.clone().filter(|_| clients.meshed());
-            // Between proxies, HTTP/1 rides HTTP/2 so that many requests
-            // share one mesh-TLS connection (not upgrades: they need the
-            // HTTP/1 connection itself).
-            let upgrade_h2 = identity.is_some() && meta.http2 && self.proto == Proto::Http1 && !upgrading;
-            let proto = if upgrade_h2 { Proto::Http2 } else { self.proto };
-            let client = clients.get_key(ClientKey { addr, proto, identity });
+            // HTTP/1 between proxies may ride HTTP/2 (not upgrades: they
+            // need the HTTP/1 connection itself).
+            let (client, upgrade_h2) = match identity {
+                Some(id) if self.proto == Proto::Http1 && !upgrading => {
+                    clients.mesh_http1(addr, id, meta.http2)
+                }
+                identity => (clients.get_key(ClientKey { addr, proto: self.proto, identity }), false),
+            };
             return Ok((addr, client, Some(picked), upgrade_h2));
         }
         let t = resolve(authority).await?;

@@ -282,9 +282,12 @@ impl Conn {
         let clients = &self.proxy.clients;
         let meta = picked.meta();
         let identity = meta.identity.clone().filter(|_| clients.meshed());
-        let upgraded = identity.is_some() && meta.http2 && self.proto == Proto::Http1;
-        let proto = if upgraded { Proto::Http2 } else { self.proto };
-        let client = clients.get_key(ClientKey { addr: picked.addr(), proto, identity });
+        let (client, upgraded) = match identity {
+            Some(id) if self.proto == Proto::Http1 => clients.mesh_http1(picked.addr(), id, meta.http2),
+            identity => {
+                (clients.get_key(ClientKey { addr: picked.addr(), proto: self.proto, identity }), false)
+            }
+        };
         // A request sent once gives its headers away rather than a copy.
         let once = rule.retry.is_none() && rule.mirrors.is_empty();
         let req = request(head, body, upgraded, once);
@@ -378,13 +381,18 @@ async fn mirror(proxy: Arc<super::HttpProxy>, backend: Arc<Backend>, mut req: Re
     };
     let meta = picked.meta();
     let identity = meta.identity.clone().filter(|_| clients.meshed());
-    let upgraded = identity.is_some() && meta.http2 && req.version() != Version::HTTP_2;
-    if upgraded {
-        req.headers_mut().insert(L5D_ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
-        *req.version_mut() = Version::HTTP_2;
-    }
     let proto = if req.version() == Version::HTTP_2 { Proto::Http2 } else { Proto::Http1 };
-    let client = clients.get_key(ClientKey { addr: picked.addr(), proto, identity });
+    let client = match identity {
+        Some(id) if proto == Proto::Http1 => {
+            let (client, upgraded) = clients.mesh_http1(picked.addr(), id, meta.http2);
+            if upgraded {
+                req.headers_mut().insert(L5D_ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+                *req.version_mut() = Version::HTTP_2;
+            }
+            client
+        }
+        identity => clients.get_key(ClientKey { addr: picked.addr(), proto, identity }),
+    };
     let sent = async {
         let rsp = client.request(req).await?;
         let _ = rsp.into_body().collect().await;
