@@ -538,6 +538,7 @@ impl Listener {
                     .with_upgrades();
                 let mut conn = std::pin::pin!(conn);
                 tokio::select! {
+                    biased;
                     res = conn.as_mut() => res,
                     () = self.drain.signaled() => {
                         conn.as_mut().graceful_shutdown();
@@ -554,6 +555,7 @@ impl Listener {
                     .serve_connection(io, svc);
                 let mut conn = std::pin::pin!(conn);
                 tokio::select! {
+                    biased;
                     res = conn.as_mut() => res,
                     () = self.drain.signaled() => {
                         conn.as_mut().graceful_shutdown();
