@@ -76,6 +76,12 @@ const CLIENT_IDLE: Duration = Duration::from_secs(300);
 /// A pooled connection unused for this long is closed.
 const POOL_IDLE: Duration = Duration::from_secs(60);
 
+/// An idle HTTP/1 connection is not taken for a request once it has been
+/// unused this long: weft's inbound closes keep-alive connections idle for
+/// 60 s (hyper's header read timeout runs between requests), and a request
+/// written as the server closes would fail.
+const H1_REUSE_IDLE: Duration = Duration::from_secs(50);
+
 /// At most this many idle HTTP/1 connections are kept per endpoint.
 const POOL_MAX: usize = 64;
 
@@ -269,14 +275,20 @@ impl Pool {
     /// request; closed ones are dropped on the way.
     fn h1_idle(&self) -> Option<conn::http1::SendRequest<RequestBody>> {
         let mut state = self.state.lock().expect("pool lock");
+        let mut now = None;
         let mut i = state.h1.len();
         while i > 0 {
             i -= 1;
-            let (sender, _) = &state.h1[i];
+            let (sender, used) = &state.h1[i];
             if sender.is_closed() {
                 state.h1.remove(i);
             } else if sender.is_ready() {
-                return Some(state.h1.remove(i).0);
+                let now = *now.get_or_insert_with(Instant::now);
+                if now.duration_since(*used) < H1_REUSE_IDLE {
+                    return Some(state.h1.remove(i).0);
+                }
+                // Too long idle to trust: closed (dropping its sender).
+                state.h1.remove(i);
             }
         }
         None
@@ -651,6 +663,23 @@ mod tests {
             body(client.request(get("/", Version::HTTP_11)).await.unwrap()).await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn http1_does_not_reuse_a_connection_idle_long_enough_for_its_server_to_close_it() {
+        let (addr, accepted) = server(false).await;
+        let client = client(addr, Proto::Http1);
+        body(client.request(get("/", Version::HTTP_11)).await.unwrap()).await;
+        // Ready once its response has been read; then it ages past the limit.
+        while !client.pool.state.lock().unwrap().h1.iter().all(|(s, _)| s.is_ready()) {
+            tokio::task::yield_now().await;
+        }
+        for (_, used) in client.pool.state.lock().unwrap().h1.iter_mut() {
+            *used -= H1_REUSE_IDLE;
+        }
+        body(client.request(get("/", Version::HTTP_11)).await.unwrap()).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "a connection idle too long was reused");
+        assert_eq!(client.pool.state.lock().unwrap().h1.len(), 1, "the old connection was kept");
     }
 
     #[tokio::test]
