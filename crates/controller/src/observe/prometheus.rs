@@ -4,7 +4,10 @@
 //! instant query per round, instead of the controller scraping each
 //! proxy itself. Everything computed from them is the same.
 
-use super::{KEPT, KEPT_PREFIXES, Scraped, Series};
+use super::{
+    Scraped, Series,
+    text::{KEPT, KEPT_PREFIXES},
+};
 use serde_json::Value;
 use std::{collections::BTreeMap, net::SocketAddr};
 
