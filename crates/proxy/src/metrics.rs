@@ -384,9 +384,7 @@ impl RouteMetrics {
     }
 
     pub fn response_end(&self, status_code: u16, grpc_status: Option<u32>, error: Option<&'static str>) {
-        // gRPC defines codes 0 to 16; a peer's other numbers are UNKNOWN
-        // (2), so a hostile peer cannot mint a series per number.
-        let grpc_status = grpc_status.map(|code| if code > 16 { 2 } else { code });
+        let grpc_status = grpc_status.map(|code| u32::from(grpc_label(code)));
         let success =
             error.is_none() && status_code != 0 && status_code < 500 && grpc_status.is_none_or(|s| s == 0);
         let class = if success { Class::Success } else { Class::Failure };
@@ -538,6 +536,13 @@ impl EncodeLabelSet for CloseLabels {
         self.tcp.encode(encoder)?;
         ("errno", "").encode(encoder.encode_label())
     }
+}
+
+/// A gRPC status code as a series label: gRPC defines 0 to 16, and a
+/// peer's other numbers are UNKNOWN (2), so a peer cannot mint a series
+/// per number.
+pub(crate) fn grpc_label(code: u32) -> u16 {
+    if code <= 16 { code as u16 } else { 2 }
 }
 
 #[cfg(test)]

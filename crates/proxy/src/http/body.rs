@@ -63,7 +63,7 @@ impl Recorder {
         self.route.response_end(self.status, grpc_status, error);
         if let Some(end) = &self.route_end {
             let status =
-                if self.grpc { grpc_status.map(super::routed::grpc_label) } else { Some(self.status) };
+                if self.grpc { grpc_status.map(crate::metrics::grpc_label) } else { Some(self.status) };
             let error = error.map(|_| "UNEXPECTED");
             end.series.request(status, error, end.started.elapsed(), end.attempts);
         }

@@ -32,11 +32,11 @@ pub enum Proto {
 
 /// Where a client connects, how, and as whom the server must prove to be.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientKey {
-    pub addr: SocketAddr,
-    pub proto: Proto,
+struct ClientKey {
+    addr: SocketAddr,
+    proto: Proto,
     /// The server's mesh identity; `None` is plaintext.
-    pub identity: Option<Arc<str>>,
+    identity: Option<Arc<str>>,
 }
 
 /// Hashes the address and protocol only: an endpoint has one identity, so
@@ -58,7 +58,7 @@ pub struct Clients {
     /// Set when this proxy has a mesh identity (outbound).
     tls: Option<Arc<rustls::ClientConfig>>,
     /// HTTP/1 connections to one meshed endpoint before further concurrent
-    /// HTTP/1 requests to it ride HTTP/2 (see [`Clients::mesh_http1`]).
+    /// HTTP/1 requests to it ride HTTP/2 (see [`Clients::for_endpoint`]).
     mesh_http1: usize,
     cache: Mutex<HashMap<ClientKey, Cached>>,
 }
@@ -73,7 +73,8 @@ struct Cached {
 /// does not keep a client for each.
 const CLIENT_IDLE: Duration = Duration::from_secs(300);
 
-/// A pooled connection unused for this long is closed.
+/// A pooled HTTP/2 connection unused for this long is closed (HTTP/1 ones
+/// at [`H1_REUSE_IDLE`]).
 const POOL_IDLE: Duration = Duration::from_secs(60);
 
 /// An idle HTTP/1 connection is not taken for a request once it has been
@@ -118,26 +119,36 @@ impl Clients {
         self.get_key(ClientKey { addr, proto, identity: None })
     }
 
-    /// The client for an HTTP/1 request to a meshed endpoint (one that
-    /// proves `identity`), and whether the request rides HTTP/2.
+    /// The client for a request of `proto` to the endpoint at `addr`, with
+    /// mesh TLS when the endpoint has an `identity` (and this proxy one of
+    /// its own), and whether an HTTP/1 request rides HTTP/2 there.
     ///
-    /// HTTP/1 stays HTTP/1 over mesh TLS while the endpoint has an idle
-    /// connection or fewer than `mesh_http1` of them: hyper's HTTP/1 takes
-    /// about a third fewer instructions per request at each proxy than
-    /// HTTP/1 carried over HTTP/2, and less latency (docs/bench.md). Past
-    /// that, when the endpoint's proxy takes HTTP/2 (`peer_h2`, from
-    /// discovery's protocol hint), requests share one HTTP/2 connection
-    /// (marked `l5d-orig-proto`, as Linkerd does) rather than open more.
-    pub fn mesh_http1(&self, addr: SocketAddr, identity: Arc<str>, peer_h2: bool) -> (HttpClient, bool) {
-        let http1 = self.get_key(ClientKey { addr, proto: Proto::Http1, identity: Some(identity.clone()) });
-        if peer_h2 && !http1.pool.h1_has_room(self.mesh_http1) {
-            let http2 = self.get_key(ClientKey { addr, proto: Proto::Http2, identity: Some(identity) });
-            return (http2, true);
+    /// HTTP/1 to a meshed endpoint stays HTTP/1 over mesh TLS while the
+    /// endpoint has an idle connection or fewer than `mesh_http1` of them:
+    /// hyper's HTTP/1 takes about a third fewer instructions per request at
+    /// each proxy than HTTP/1 carried over HTTP/2, and less latency
+    /// (docs/bench.md). Past that, when `h2_allowed` (the endpoint's proxy
+    /// takes HTTP/2, from discovery's protocol hint, and the request is no
+    /// upgrade), requests share one HTTP/2 connection (marked
+    /// `l5d-orig-proto`, as Linkerd does) rather than open more.
+    pub fn for_endpoint(
+        &self,
+        addr: SocketAddr,
+        proto: Proto,
+        identity: Option<&Arc<str>>,
+        h2_allowed: bool,
+    ) -> (HttpClient, bool) {
+        let identity = identity.filter(|_| self.meshed());
+        let client = self.get_key(ClientKey { addr, proto, identity: identity.cloned() });
+        let meshed_http1 = identity.is_some() && proto == Proto::Http1;
+        if meshed_http1 && h2_allowed && !client.pool.h1_has_room(self.mesh_http1) {
+            let identity = identity.cloned();
+            return (self.get_key(ClientKey { addr, proto: Proto::Http2, identity }), true);
         }
-        (http1, false)
+        (client, false)
     }
 
-    pub fn get_key(&self, key: ClientKey) -> HttpClient {
+    fn get_key(&self, key: ClientKey) -> HttpClient {
         let now = Instant::now();
         let mut cache = self.cache.lock().expect("client cache lock");
         if let Some(cached) = cache.get_mut(&key) {
@@ -392,8 +403,8 @@ impl Pool {
         Ok(sender)
     }
 
-    /// Starts, once, the task that closes connections left unused for
-    /// [`POOL_IDLE`]; it ends with the pool.
+    /// Starts, once, the task that closes connections left unused (HTTP/1
+    /// for [`H1_REUSE_IDLE`], HTTP/2 for [`POOL_IDLE`]); it ends with the pool.
     fn sweep_idle(self: &Arc<Self>, state: &mut PoolState) {
         if state.sweeping {
             return;
@@ -408,10 +419,11 @@ impl Pool {
                 let Some(pool) = pool.upgrade() else { return };
                 let now = Instant::now();
                 let mut state = pool.state.lock().expect("pool lock");
-                // A busy HTTP/1 connection is not ready; it stays.
+                // A busy HTTP/1 connection is not ready; it stays. An idle
+                // one is closed once it is too old to be taken again.
                 state.h1.retain(|(s, used)| match s.is_closed() {
                     true => false,
-                    false => !s.is_ready() || now - *used < POOL_IDLE,
+                    false => !s.is_ready() || now - *used < H1_REUSE_IDLE,
                 });
                 if state.h2.as_ref().is_some_and(|(s, used)| s.is_closed() || now - *used >= POOL_IDLE) {
                     // Streams still open on it finish before it closes.

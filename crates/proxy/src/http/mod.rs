@@ -10,7 +10,7 @@ mod routed;
 
 use self::{
     body::{ObservedBody, Recorder, RequestBody},
-    client::{ClientKey, Clients, HttpClient, Proto},
+    client::{Clients, HttpClient, Proto},
     error::ProxyError,
 };
 use crate::{
@@ -271,15 +271,9 @@ impl Conn {
                 .ok_or_else(|| ProxyError::NoEndpoints { service: service.name.clone() })?;
             let addr = picked.addr();
             let meta = picked.meta();
-            let identity = meta.identity.clone().filter(|_| clients.meshed());
-            // HTTP/1 between proxies may ride HTTP/2 (not upgrades: they
-            // need the HTTP/1 connection itself).
-            let (client, upgrade_h2) = match identity {
-                Some(id) if self.proto == Proto::Http1 && !upgrading => {
-                    clients.mesh_http1(addr, id, meta.http2)
-                }
-                identity => (clients.get_key(ClientKey { addr, proto: self.proto, identity }), false),
-            };
+            // Not upgrades: they need the HTTP/1 connection itself.
+            let (client, upgrade_h2) =
+                clients.for_endpoint(addr, self.proto, meta.identity.as_ref(), meta.http2 && !upgrading);
             return Ok((addr, client, Some(picked), upgrade_h2));
         }
         let t = resolve(authority).await?;

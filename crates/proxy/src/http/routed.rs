@@ -7,7 +7,7 @@
 use super::{
     Conn, L5D_ORIG_PROTO, ResponseBody, absolute_uri,
     body::{ObservedBody, Recorder, RequestBody, RouteEnd, grpc_status},
-    client::{ClientKey, Proto},
+    client::Proto,
     error::ProxyError,
     headers,
 };
@@ -16,6 +16,7 @@ use crate::{
         ServiceRoute,
         balance::{InFlight, Pick},
     },
+    metrics::grpc_label,
     traffic::{
         Backend, Redirect, Rule,
         metrics::{RetryOutcome, RuleSeries},
@@ -281,13 +282,8 @@ impl Conn {
         series.backend_request(&backend.meta);
         let clients = &self.proxy.clients;
         let meta = picked.meta();
-        let identity = meta.identity.clone().filter(|_| clients.meshed());
-        let (client, upgraded) = match identity {
-            Some(id) if self.proto == Proto::Http1 => clients.mesh_http1(picked.addr(), id, meta.http2),
-            identity => {
-                (clients.get_key(ClientKey { addr: picked.addr(), proto: self.proto, identity }), false)
-            }
-        };
+        let (client, upgraded) =
+            clients.for_endpoint(picked.addr(), self.proto, meta.identity.as_ref(), meta.http2);
         // A request sent once gives its headers away rather than a copy.
         let once = rule.retry.is_none() && rule.mirrors.is_empty();
         let req = request(head, body, upgraded, once);
@@ -332,12 +328,6 @@ fn succeeded(rsp: &Response<Incoming>, grpc: bool) -> bool {
     rsp.status().is_success() && (!grpc || code.is_none_or(|c| c == 0))
 }
 
-/// A gRPC status code as the route series label it: anything past the
-/// codes gRPC defines is UNKNOWN (so a peer cannot mint series).
-pub(crate) fn grpc_label(code: u32) -> u16 {
-    if code <= 16 { code as u16 } else { 2 }
-}
-
 /// The gRPC code for an HTTP status, as gRPC's own mapping has it.
 fn grpc_code_for(status: u16) -> u16 {
     match status {
@@ -380,19 +370,12 @@ async fn mirror(proxy: Arc<super::HttpProxy>, backend: Arc<Backend>, mut req: Re
         return;
     };
     let meta = picked.meta();
-    let identity = meta.identity.clone().filter(|_| clients.meshed());
     let proto = if req.version() == Version::HTTP_2 { Proto::Http2 } else { Proto::Http1 };
-    let client = match identity {
-        Some(id) if proto == Proto::Http1 => {
-            let (client, upgraded) = clients.mesh_http1(picked.addr(), id, meta.http2);
-            if upgraded {
-                req.headers_mut().insert(L5D_ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
-                *req.version_mut() = Version::HTTP_2;
-            }
-            client
-        }
-        identity => clients.get_key(ClientKey { addr: picked.addr(), proto, identity }),
-    };
+    let (client, upgraded) = clients.for_endpoint(picked.addr(), proto, meta.identity.as_ref(), meta.http2);
+    if upgraded {
+        req.headers_mut().insert(L5D_ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+        *req.version_mut() = Version::HTTP_2;
+    }
     let sent = async {
         let rsp = client.request(req).await?;
         let _ = rsp.into_body().collect().await;
