@@ -205,8 +205,8 @@ async fn http1_between_proxies_rides_http2_past_the_connection_limit() {
         assert_eq!(rsp.body().as_ref(), b"slow");
         assert!(rsp.headers().get("l5d-orig-proto").is_none());
     }
-    // And one more, on an idle HTTP/1 connection; the application saw
-    // HTTP/1 without the proxies' marker.
+    // And one more, which finds an idle HTTP/1 connection (the count below
+    // stays at three) and reaches the application without the marker.
     let rsp = get(mesh.client.outbound, "/headers", None).await;
     assert!(!String::from_utf8_lossy(rsp.body()).contains("l5d-orig-proto"));
 
