@@ -13,8 +13,54 @@ use std::{
     task::{Context, Poll},
 };
 
+/// A response body as an upstream sends it: over HTTP/1 (hyper) or over
+/// HTTP/2 (h2, see `h2.rs`).
+#[derive(Debug)]
+pub enum UpstreamBody {
+    Http1(Incoming),
+    Http2(super::h2::H2Body),
+}
+
+/// Why an upstream response body failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamBodyError {
+    #[error(transparent)]
+    Http1(#[from] hyper::Error),
+    #[error(transparent)]
+    Http2(#[from] h2::Error),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = UpstreamBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
+        match self.get_mut() {
+            UpstreamBody::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Http1(body) => body.is_end_stream(),
+            UpstreamBody::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Http1(body) => body.size_hint(),
+            UpstreamBody::Http2(body) => body.size_hint(),
+        }
+    }
+}
+
 pub struct ObservedBody {
-    inner: Incoming,
+    inner: UpstreamBody,
     recorder: Option<Recorder>,
 }
 
@@ -78,19 +124,19 @@ pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<u32> {
 }
 
 impl ObservedBody {
-    pub fn new(inner: Incoming, recorder: Recorder) -> Self {
+    pub fn new(inner: UpstreamBody, recorder: Recorder) -> Self {
         Self { inner, recorder: Some(recorder) }
     }
 }
 
 impl Body for ObservedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
         let this = &mut *self;
         let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
         match &frame {

@@ -2,14 +2,18 @@
 //! its own keep-alive pool (HTTP/1) or multiplexed connection (HTTP/2), so
 //! requests from many accepted connections share upstream connections.
 
-use super::{body::RequestBody, error::ConnectError};
+use super::{
+    body::{RequestBody, UpstreamBody},
+    error::ConnectError,
+    h2::Connection as H2Connection,
+};
 use crate::{
     io::MeteredIo,
     metrics::{Direction, Metrics, Peer, TcpLabels, Tls},
 };
 use http::{Method, Request, Response, Uri, Version, uri::Parts};
-use hyper::{body::Incoming, client::conn};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn;
+use hyper_util::rt::TokioIo;
 use std::{
     collections::HashMap,
     future::Future,
@@ -204,7 +208,7 @@ struct PoolState {
     /// next one when its response has been read to the end.
     h1: Vec<(conn::http1::SendRequest<RequestBody>, Instant)>,
     /// HTTP/2: the one shared connection.
-    h2: Option<(conn::http2::SendRequest<RequestBody>, Instant)>,
+    h2: Option<(H2Connection, Instant)>,
     sweeping: bool,
     /// HTTP/2: when the last connect failed, and why. Requests that were
     /// waiting on that connect get its error rather than each trying (and
@@ -220,6 +224,8 @@ pub enum ClientError {
     Connect(#[from] ConnectError),
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    #[error(transparent)]
+    Http2(#[from] h2::Error),
     #[error("an HTTP/2 request cannot go to an HTTP/1 endpoint")]
     Version,
 }
@@ -248,7 +254,7 @@ impl HttpClient {
     pub fn request(
         &self,
         mut req: Request<RequestBody>,
-    ) -> impl Future<Output = Result<Response<Incoming>, ClientError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, ClientError>> + Send + 'static {
         let pool = self.pool.clone();
         async move {
             match pool.proto {
@@ -265,14 +271,24 @@ impl HttpClient {
                     };
                     let sent = sender.send_request(req);
                     pool.h1_put(sender);
-                    Ok(sent.await?)
+                    Ok(sent.await?.map(UpstreamBody::Http1))
                 }
                 Proto::Http2 => {
-                    let mut sender = match pool.h2_shared() {
-                        Some(sender) => sender,
+                    let connection = match pool.h2_shared() {
+                        Some(connection) => connection,
                         None => Box::pin(pool.h2_connect()).await?,
                     };
-                    Ok(sender.send_request(req).await?)
+                    let rsp = match connection.send(req).await {
+                        Ok(rsp) => rsp,
+                        // The connection had gone away with nothing of the
+                        // request written: it goes once on a new one.
+                        Err((_, Some(req))) => {
+                            let connection = Box::pin(pool.h2_connect()).await?;
+                            connection.send(req).await.map_err(|(error, _)| error)?
+                        }
+                        Err((error, None)) => return Err(error),
+                    };
+                    Ok(rsp.map(UpstreamBody::Http2))
                 }
             }
         }
@@ -352,7 +368,7 @@ impl Pool {
         Ok(sender)
     }
 
-    fn h2_shared(&self) -> Option<conn::http2::SendRequest<RequestBody>> {
+    fn h2_shared(&self) -> Option<H2Connection> {
         let mut state = self.state.lock().expect("pool lock");
         let (sender, used) = state.h2.as_mut()?;
         if sender.is_closed() {
@@ -363,7 +379,7 @@ impl Pool {
         Some(sender.clone())
     }
 
-    async fn h2_connect(self: &Arc<Self>) -> Result<conn::http2::SendRequest<RequestBody>, ClientError> {
+    async fn h2_connect(self: &Arc<Self>) -> Result<H2Connection, ClientError> {
         let waiting_since = Instant::now();
         let _connecting = self.h2_connecting.lock().await;
         // Another request may have connected, or failed to, while this one
@@ -383,24 +399,11 @@ impl Pool {
                 return Err(error.into());
             }
         };
-        let (mut sender, connection) = conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(3))
-            .adaptive_window(true)
-            .handshake(TokioIo::new(io))
-            .await?;
-        let addr = self.connector.addr;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%addr, %error, "upstream HTTP/2 connection failed");
-            }
-        });
-        sender.ready().await?;
+        let connection = H2Connection::handshake(io, self.connector.addr).await?;
         let mut state = self.state.lock().expect("pool lock");
-        state.h2 = Some((sender.clone(), Instant::now()));
+        state.h2 = Some((connection.clone(), Instant::now()));
         self.sweep_idle(&mut state);
-        Ok(sender)
+        Ok(connection)
     }
 
     /// Starts, once, the task that closes connections left unused (HTTP/1
@@ -597,6 +600,8 @@ impl tokio::io::AsyncWrite for Upstream {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+    use hyper::body::Incoming;
+    use hyper_util::rt::TokioExecutor;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A local server that counts the connections it accepts and answers
@@ -650,7 +655,7 @@ mod tests {
             .unwrap()
     }
 
-    async fn body(rsp: Response<Incoming>) -> String {
+    async fn body(rsp: Response<UpstreamBody>) -> String {
         String::from_utf8(rsp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
     }
 

@@ -5,6 +5,7 @@
 mod body;
 pub mod client;
 pub mod error;
+mod h2;
 pub mod headers;
 mod routed;
 
@@ -233,9 +234,12 @@ impl Conn {
         }
 
         let switched = status == StatusCode::SWITCHING_PROTOCOLS || (upgrading && status.is_success());
+        // Upgrades go to HTTP/1 upstreams only, whose connection leaves
+        // hyper's handle for the upgraded stream in the response.
         if let (Some(downstream), true) = (downstream_upgrade, switched) {
-            let upstream = hyper::upgrade::on(&mut rsp);
-            self.proxy.drain.spawn(tunnel(downstream, upstream));
+            if let Some(upstream) = rsp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() {
+                self.proxy.drain.spawn(tunnel(downstream, upstream));
+            }
         }
         headers::strip_hop_by_hop(rsp.headers_mut(), switched && status == StatusCode::SWITCHING_PROTOCOLS);
 

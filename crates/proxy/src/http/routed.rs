@@ -4,6 +4,7 @@
 //! the route series count it once as a logical request and once per
 //! attempt.
 
+use super::body::UpstreamBody;
 use super::{
     Conn, L5D_ORIG_PROTO, ResponseBody, absolute_uri,
     body::{ObservedBody, Recorder, RequestBody, RouteEnd, grpc_status},
@@ -42,7 +43,7 @@ struct Head {
 
 /// One attempt's answer, with the endpoint that gave it.
 struct Answered {
-    rsp: Response<Incoming>,
+    rsp: Response<UpstreamBody>,
     picked: InFlight,
     /// An HTTP/1 request carried over HTTP/2 to a meshed endpoint.
     upgraded: bool,
@@ -230,7 +231,7 @@ impl Conn {
     #[allow(clippy::too_many_arguments)]
     fn respond(
         &self,
-        mut rsp: Response<Incoming>,
+        mut rsp: Response<UpstreamBody>,
         upgraded: bool,
         version: Version,
         rule: &Rule,
@@ -323,7 +324,7 @@ impl Conn {
 
 /// Whether an answer is a success for the client (a retry that ended
 /// this way succeeded).
-fn succeeded(rsp: &Response<Incoming>, grpc: bool) -> bool {
+fn succeeded(rsp: &Response<UpstreamBody>, grpc: bool) -> bool {
     let code = grpc_status(rsp.headers());
     rsp.status().is_success() && (!grpc || code.is_none_or(|c| c == 0))
 }
