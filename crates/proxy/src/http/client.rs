@@ -87,6 +87,15 @@ const POOL_IDLE: Duration = Duration::from_secs(60);
 /// written as the server closes would fail.
 const H1_REUSE_IDLE: Duration = Duration::from_secs(50);
 
+/// A server may close a keep-alive connection it finds idle just as a
+/// request goes out on it (Node.js closes them after 5 s by default, Apache
+/// httpd after 5 s): the request fails though the server never saw it. A
+/// request that is safe to send twice (idempotent, no body) taken by a
+/// connection idle at least this long is kept, and sent once more on a new
+/// connection if the old one closes under it. Busier connections never pay
+/// for the copy.
+const H1_RESEND_IDLE: Duration = Duration::from_secs(1);
+
 /// At most this many idle HTTP/1 connections are kept per endpoint.
 const POOL_MAX: usize = 64;
 
@@ -263,15 +272,26 @@ impl HttpClient {
                         return Err(ClientError::Version);
                     }
                     request_form(&mut req);
-                    let mut sender = match pool.h1_idle() {
-                        Some(sender) => sender,
+                    let (mut sender, idle) = match pool.h1_idle() {
+                        Some(idle) => idle,
                         // Boxed: connecting (and its TLS handshake) is the rare
                         // case, and would otherwise make every request's future large.
-                        None => Box::pin(pool.h1_connect()).await?,
+                        None => (Box::pin(pool.h1_connect()).await?, Duration::ZERO),
                     };
+                    let again = if idle >= H1_RESEND_IDLE { resendable(&req) } else { None };
                     let sent = sender.send_request(req);
                     pool.h1_put(sender);
-                    Ok(sent.await?.map(UpstreamBody::Http1))
+                    match sent.await {
+                        Ok(rsp) => Ok(rsp.map(UpstreamBody::Http1)),
+                        Err(error) => match again {
+                            Some(again) if closed_under_request(&error) => {
+                                let addr = pool.connector.addr;
+                                tracing::debug!(%addr, %error, "an idle connection closed under a request; sending it on a new one");
+                                Box::pin(pool.h1_send_new(again)).await
+                            }
+                            _ => Err(error.into()),
+                        },
+                    }
                 }
                 Proto::Http2 => {
                     let connection = match pool.h2_shared() {
@@ -298,9 +318,21 @@ impl HttpClient {
 // === impl Pool ===
 
 impl Pool {
+    /// Sends `req` on a new HTTP/1 connection, which then joins the pool.
+    async fn h1_send_new(
+        self: &Arc<Self>,
+        req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, ClientError> {
+        let mut sender = self.h1_connect().await?;
+        let sent = sender.send_request(req);
+        self.h1_put(sender);
+        Ok(sent.await?.map(UpstreamBody::Http1))
+    }
+
     /// The most recently used HTTP/1 connection that is ready for a
-    /// request; closed ones are dropped on the way.
-    fn h1_idle(&self) -> Option<conn::http1::SendRequest<RequestBody>> {
+    /// request, and how long it has been idle; closed ones are dropped on
+    /// the way.
+    fn h1_idle(&self) -> Option<(conn::http1::SendRequest<RequestBody>, Duration)> {
         let mut state = self.state.lock().expect("pool lock");
         let mut now = None;
         let mut i = state.h1.len();
@@ -311,8 +343,9 @@ impl Pool {
                 state.h1.remove(i);
             } else if sender.is_ready() {
                 let now = *now.get_or_insert_with(Instant::now);
-                if now.duration_since(*used) < H1_REUSE_IDLE {
-                    return Some(state.h1.remove(i).0);
+                let idle = now.duration_since(*used);
+                if idle < H1_REUSE_IDLE {
+                    return Some((state.h1.remove(i).0, idle));
                 }
                 // Too long idle to trust: closed (dropping its sender).
                 state.h1.remove(i);
@@ -451,6 +484,45 @@ impl Drop for Counted {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// A copy of `req` to send again, when sending it twice is safe: an
+/// idempotent method (RFC 9110 §9.2.2) and no body. Extensions are not
+/// copied; an HTTP/1 client has no use for them.
+fn resendable(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    if !idempotent
+        || !matches!(req.body(), RequestBody::Empty)
+        || super::headers::wants_upgrade(req.headers())
+    {
+        return None;
+    }
+    let mut again = Request::new(RequestBody::Empty);
+    *again.method_mut() = req.method().clone();
+    *again.uri_mut() = req.uri().clone();
+    *again.version_mut() = req.version();
+    *again.headers_mut() = req.headers().clone();
+    Some(again)
+}
+
+/// Whether an HTTP/1 exchange failed because the connection closed under
+/// it (before a whole response), rather than because of what was sent.
+fn closed_under_request(error: &hyper::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    if error.is_incomplete_message() || error.is_canceled() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(io.kind(), BrokenPipe | ConnectionAborted | ConnectionReset);
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// HTTP/1 writes the request target in origin form (`/path?query`), or
@@ -697,6 +769,86 @@ mod tests {
         body(client.request(get("/", Version::HTTP_11)).await.unwrap()).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "a connection idle too long was reused");
         assert_eq!(client.pool.state.lock().unwrap().h1.len(), 1, "the old connection was kept");
+    }
+
+    /// An HTTP/1 server that answers the first request on each connection
+    /// and closes the connection when the second arrives, unanswered: what
+    /// a server that times out idle keep-alive connections does when a
+    /// request crosses its close.
+    async fn closing_server() -> (SocketAddr, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        async fn read_head(sock: &mut TcpStream) -> bool {
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match sock.read(&mut buf).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            true
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if read_head(&mut sock).await {
+                        let _ = sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                    }
+                    read_head(&mut sock).await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// Sends `req` on `client`'s one pooled connection, made to look idle
+    /// for `idle` first.
+    async fn after_idle(
+        client: &HttpClient,
+        idle: Duration,
+        req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, ClientError> {
+        while !client.pool.state.lock().unwrap().h1.iter().all(|(s, _)| s.is_ready()) {
+            tokio::task::yield_now().await;
+        }
+        for (_, used) in client.pool.state.lock().unwrap().h1.iter_mut() {
+            *used -= idle;
+        }
+        client.request(req).await
+    }
+
+    #[tokio::test]
+    async fn http1_sends_a_get_again_when_an_idle_connection_closes_under_it() {
+        let (addr, accepted) = closing_server().await;
+        let client = client(addr, Proto::Http1);
+        assert_eq!(body(client.request(get("/", Version::HTTP_11)).await.unwrap()).await, "ok");
+        let rsp = after_idle(&client, H1_RESEND_IDLE, get("/", Version::HTTP_11)).await.unwrap();
+        assert_eq!(body(rsp).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "the GET went again on a new connection");
+    }
+
+    #[tokio::test]
+    async fn http1_does_not_send_again_a_post_or_from_a_busy_connection() {
+        let (addr, accepted) = closing_server().await;
+        let client = client(addr, Proto::Http1);
+        body(client.request(get("/", Version::HTTP_11)).await.unwrap()).await;
+        let mut post = get("/", Version::HTTP_11);
+        *post.method_mut() = Method::POST;
+        let error = after_idle(&client, H1_RESEND_IDLE, post).await.unwrap_err();
+        assert!(matches!(&error, ClientError::Http(e) if closed_under_request(e)), "{error:?}");
+
+        // A connection in use a moment ago: its server had no reason to
+        // close it, so a failure there is the server's answer.
+        body(client.request(get("/", Version::HTTP_11)).await.unwrap()).await;
+        let error = after_idle(&client, Duration::ZERO, get("/", Version::HTTP_11)).await.unwrap_err();
+        assert!(matches!(&error, ClientError::Http(e) if closed_under_request(e)), "{error:?}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "nothing was sent again");
     }
 
     #[tokio::test]
