@@ -894,6 +894,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn http2_a_request_refused_by_a_connection_going_away_goes_on_a_new_one() {
+        // An h2 server whose first connection, once its first request is
+        // in, says it is going away while that request is still open;
+        // later connections answer every request.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (sock, _) = listener.accept().await.unwrap();
+                let first = count.fetch_add(1, Ordering::SeqCst) == 0;
+                tokio::spawn(async move {
+                    let mut conn = ::h2::server::handshake(sock).await.unwrap();
+                    let mut held = Vec::new();
+                    while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                        if first {
+                            conn.graceful_shutdown();
+                            held.push(respond);
+                            continue;
+                        }
+                        let rsp = Response::new(());
+                        let mut body = respond.send_response(rsp, false).unwrap();
+                        body.send_data(bytes::Bytes::from_static(b"new"), true).unwrap();
+                    }
+                });
+            }
+        });
+        let client = client(addr, Proto::Http2);
+        let held = tokio::spawn(client.request(get("/held", Version::HTTP_2)));
+        // The first connection is up, its one stream open, and it has said
+        // it is going away.
+        loop {
+            let going = client.pool.state.lock().unwrap().h2.as_ref().map(|(c, _)| !c.takes_streams());
+            if going == Some(true) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let rsp = client.request(get("/next", Version::HTTP_2)).await.unwrap();
+        assert_eq!(body(rsp).await, "new");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        held.abort();
+    }
+
+    #[tokio::test]
     async fn http2_requests_waiting_on_a_failing_connect_share_its_error() {
         // A listener that never accepts, its one-place backlog taken: the
         // kernel drops further SYNs, so connects time out.

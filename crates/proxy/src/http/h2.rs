@@ -86,6 +86,14 @@ impl Connection {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// Whether the connection still takes new streams (tests).
+    #[cfg(test)]
+    pub fn takes_streams(&self) -> bool {
+        let mut send = self.send.clone();
+        let cx = &mut Context::from_waker(std::task::Waker::noop());
+        !matches!(send.poll_ready(cx), Poll::Ready(Err(_)))
+    }
+
     /// Sends `req`. A request the connection refuses before anything of it
     /// is written (the connection has gone away) is given back, so that it
     /// can go on a new connection.
