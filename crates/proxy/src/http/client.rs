@@ -287,7 +287,7 @@ impl HttpClient {
                             Some(again) if closed_under_request(&error) => {
                                 let addr = pool.connector.addr;
                                 tracing::debug!(%addr, %error, "an idle connection closed under a request; sending it on a new one");
-                                Box::pin(pool.h1_send_new(again)).await
+                                Box::pin(pool.h1_send_new(*again)).await
                             }
                             _ => Err(error.into()),
                         },
@@ -298,16 +298,17 @@ impl HttpClient {
                         Some(connection) => connection,
                         None => Box::pin(pool.h2_connect()).await?,
                     };
-                    let rsp = match connection.send(req).await {
-                        Ok(rsp) => rsp,
+                    let response = match connection.send(req).map_err(|refused| *refused) {
+                        Ok(response) => response,
                         // The connection had gone away with nothing of the
                         // request written: it goes once on a new one.
                         Err((_, Some(req))) => {
                             let connection = Box::pin(pool.h2_connect()).await?;
-                            connection.send(req).await.map_err(|(error, _)| error)?
+                            connection.send(req).map_err(|refused| refused.0)?
                         }
                         Err((error, None)) => return Err(error),
                     };
+                    let rsp = response.await?;
                     Ok(rsp.map(UpstreamBody::Http2))
                 }
             }
@@ -489,7 +490,10 @@ impl Drop for Counted {
 /// A copy of `req` to send again, when sending it twice is safe: an
 /// idempotent method (RFC 9110 §9.2.2) and no body. Extensions are not
 /// copied; an HTTP/1 client has no use for them.
-fn resendable(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+///
+/// Boxed: the copy is rare, and is kept across the request's await, where
+/// an unboxed one would make every request's future larger.
+fn resendable(req: &Request<RequestBody>) -> Option<Box<Request<RequestBody>>> {
     let idempotent = matches!(
         *req.method(),
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
@@ -505,7 +509,7 @@ fn resendable(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
     *again.uri_mut() = req.uri().clone();
     *again.version_mut() = req.version();
     *again.headers_mut() = req.headers().clone();
-    Some(again)
+    Some(Box::new(again))
 }
 
 /// Whether an HTTP/1 exchange failed because the connection closed under

@@ -94,38 +94,52 @@ impl Connection {
         !matches!(send.poll_ready(cx), Poll::Ready(Err(_)))
     }
 
-    /// Sends `req`. A request the connection refuses before anything of it
-    /// is written (the connection has gone away) is given back, so that it
-    /// can go on a new connection.
-    pub async fn send(
+    /// Sends `req`: opens its stream, queues what of its body is ready, and
+    /// gives the future of the response. A request the connection refuses
+    /// before anything of it is written (the connection has gone away) is
+    /// given back, so that it can go on a new connection.
+    ///
+    /// Not an async fn: all of this happens at once, and the future kept
+    /// across the wait for the response holds only h2's handle to it, so
+    /// the request's own future (and every HTTP/1 request's, which shares
+    /// its type) stays small.
+    pub fn send(
         &self,
         req: Request<RequestBody>,
-    ) -> Result<Response<H2Body>, (ClientError, Option<Request<RequestBody>>)> {
+    ) -> Result<impl Future<Output = Result<Response<H2Body>, ClientError>> + Send + 'static, Box<Refused>>
+    {
         let mut send = self.send.clone();
         // A fresh handle has no stream waiting to open: this only asks
-        // whether the connection still takes requests.
-        if let Poll::Ready(Err(error)) = poll_fn(|cx| Poll::Ready(send.poll_ready(cx))).await {
+        // whether the connection still takes requests, and never waits.
+        let cx = &mut Context::from_waker(std::task::Waker::noop());
+        if let Poll::Ready(Err(error)) = send.poll_ready(cx) {
             self.closed.store(true, Ordering::Release);
-            return Err((error.into(), Some(req)));
+            return Err(Box::new((error.into(), Some(req))));
         }
         let (mut head, body) = req.into_parts();
         strip_connection_headers(&mut head.headers);
         let eos = body.is_end_stream();
         let (response, stream) =
-            send.send_request(Request::from_parts(head, ()), eos).map_err(|e| (e.into(), None))?;
-        // Dropping the guard (this future dropped: the client went away)
-        // resets a stream whose body is still being sent.
-        let cancel = if eos { None } else { pipe(body, stream).await };
-        let rsp = response.await.map_err(|e| (e.into(), None))?;
-        if let Some(mut cancel) = cancel {
-            // The response came: the body goes on being sent.
-            cancel.0.take();
-        }
-        let (parts, recv) = rsp.into_parts();
-        let body = H2Body::new(recv, &parts.headers);
-        Ok(Response::from_parts(parts, body))
+            send.send_request(Request::from_parts(head, ()), eos).map_err(|e| Box::new((e.into(), None)))?;
+        // Dropping the guard (the response's future dropped: the client
+        // went away) resets a stream whose body is still being sent.
+        let cancel = if eos { None } else { pipe(body, stream) };
+        Ok(async move {
+            let rsp = response.await?;
+            if let Some(mut cancel) = cancel {
+                // The response came: the body goes on being sent.
+                cancel.0.take();
+            }
+            let (parts, recv) = rsp.into_parts();
+            let body = H2Body::new(recv, &parts.headers);
+            Ok(Response::from_parts(parts, body))
+        })
     }
 }
+
+/// Why [`Connection::send`] did not send: the error, and the request when
+/// nothing of it was written (boxed where returned: it is rare, and large).
+pub type Refused = (ClientError, Option<Request<RequestBody>>);
 
 /// Pings the peer every [`KEEPALIVE_INTERVAL`]; says so on `dead` when an
 /// answer does not come in [`KEEPALIVE_TIMEOUT`]. Ends with the connection.
@@ -161,10 +175,13 @@ fn strip_connection_headers(headers: &mut HeaderMap) {
 /// request's HEADERS; the rest, if any, from a task of its own, which the
 /// returned guard cancels (resetting the stream) when dropped before the
 /// response came.
-async fn pipe(body: RequestBody, stream: h2::SendStream<Bytes>) -> Option<CancelGuard> {
+fn pipe(body: RequestBody, stream: h2::SendStream<Bytes>) -> Option<CancelGuard> {
     let mut pipe = Pipe { body, stream, ahead: 0 };
-    // One poll, in this task: a unary call's body is already here.
-    match poll_fn(|cx| Poll::Ready(pipe.poll(cx))).await {
+    // One poll, here: a unary call's body is already in. Nothing waits on
+    // this poll's waker; a body that is not all here gets a task, which
+    // polls it again at once.
+    let cx = &mut Context::from_waker(std::task::Waker::noop());
+    match pipe.poll(cx) {
         Poll::Ready(result) => {
             if let Err(error) = result {
                 tracing::debug!(%error, "request body not sent whole");
