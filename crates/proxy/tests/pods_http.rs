@@ -133,13 +133,19 @@ fn a_1gib_upload_streams_without_buffering() {
     }
 }
 
-/// An HTTP/2 echo service: the response body is the request body, sent
-/// back as it arrives, the response head first.
-async fn h2_echo(listener: tokio::net::TcpListener) {
+/// Serves h2c on `listener`, each request answered by `answer`.
+async fn serve_h2<F, Fut, B>(listener: tokio::net::TcpListener, answer: F)
+where
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = hyper::Response<B>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     loop {
         let Ok((sock, _)) = listener.accept().await else { return };
-        let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
-            Ok::<_, std::convert::Infallible>(hyper::Response::new(req.into_body()))
+        let svc = hyper::service::service_fn(move |req| {
+            let rsp = answer(req);
+            async move { Ok::<_, std::convert::Infallible>(rsp.await) }
         });
         tokio::spawn(async move {
             let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -147,6 +153,12 @@ async fn h2_echo(listener: tokio::net::TcpListener) {
                 .await;
         });
     }
+}
+
+/// An HTTP/2 echo service: the response body is the request body, sent
+/// back as it arrives, the response head first.
+async fn h2_echo(listener: tokio::net::TcpListener) {
+    serve_h2(listener, |req| async move { hyper::Response::new(req.into_body()) }).await
 }
 
 /// An h2c client's request whose body is what `chunks` sends.
@@ -199,30 +211,21 @@ fn http2_request_and_response_bodies_stream_both_ways() {
 /// An HTTP/2 service that reads uploads slowly (a millisecond per 256 KiB)
 /// and answers with the number of bytes read.
 async fn h2_slow_sink(listener: tokio::net::TcpListener) {
-    loop {
-        let Ok((sock, _)) = listener.accept().await else { return };
-        let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
-            let mut body = req.into_body();
-            let (mut total, mut since_pause) = (0, 0);
-            while let Some(Ok(frame)) = body.frame().await {
-                let n = frame.data_ref().map_or(0, |d| d.len());
-                total += n;
-                since_pause += n;
-                if since_pause >= 256 * 1024 {
-                    since_pause = 0;
-                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-                }
+    serve_h2(listener, |req| async move {
+        let mut body = req.into_body();
+        let (mut total, mut since_pause) = (0, 0);
+        while let Some(Ok(frame)) = body.frame().await {
+            let n = frame.data_ref().map_or(0, |d| d.len());
+            total += n;
+            since_pause += n;
+            if since_pause >= 256 * 1024 {
+                since_pause = 0;
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
-            Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(Bytes::from(
-                total.to_string(),
-            ))))
-        });
-        tokio::spawn(async move {
-            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(sock), svc)
-                .await;
-        });
-    }
+        }
+        hyper::Response::new(http_body_util::Full::new(Bytes::from(total.to_string())))
+    })
+    .await
 }
 
 #[test]

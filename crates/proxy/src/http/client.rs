@@ -680,10 +680,13 @@ mod tests {
     use hyper_util::rt::TokioExecutor;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A local server that counts the connections it accepts and answers
-    /// with the request target: `/slow` after 200 ms, anything else at
-    /// once; `/big` answers 1 MiB instead.
-    async fn server(h2: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    /// A local listener that counts the connections it accepts and hands
+    /// each to `serve` (with how many came before it) on a task of its own.
+    async fn counting_server<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+    where
+        F: Fn(TcpStream, usize) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -691,32 +694,39 @@ mod tests {
         tokio::spawn(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
-                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    if req.uri().path() == "/slow" {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    let mut target = req.uri().to_string();
-                    if req.uri().path() == "/big" {
-                        target = "x".repeat(1 << 20);
-                    }
-                    Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
-                        bytes::Bytes::from(target),
-                    )))
-                });
-                let io = TokioIo::new(stream);
-                tokio::spawn(async move {
-                    if h2 {
-                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                            .serve_connection(io, svc)
-                            .await;
-                    } else {
-                        let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
-                    }
-                });
+                tokio::spawn(serve(stream, count.fetch_add(1, Ordering::SeqCst)));
             }
         });
         (addr, accepted)
+    }
+
+    /// A local server that counts the connections it accepts and answers
+    /// with the request target: `/slow` after 200 ms, anything else at
+    /// once; `/big` answers 1 MiB instead.
+    async fn server(h2: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+        counting_server(move |stream, _| async move {
+            let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                if req.uri().path() == "/slow" {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                let mut target = req.uri().to_string();
+                if req.uri().path() == "/big" {
+                    target = "x".repeat(1 << 20);
+                }
+                Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from(target),
+                )))
+            });
+            let io = TokioIo::new(stream);
+            if h2 {
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, svc)
+                    .await;
+            } else {
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+            }
+        })
+        .await
     }
 
     fn client(addr: SocketAddr, proto: Proto) -> HttpClient {
@@ -763,14 +773,8 @@ mod tests {
         let (addr, accepted) = server(false).await;
         let client = client(addr, Proto::Http1);
         body(client.request(get("/", Version::HTTP_11)).await.unwrap()).await;
-        // Ready once its response has been read; then it ages past the limit.
-        while !client.pool.state.lock().unwrap().h1.iter().all(|(s, _)| s.is_ready()) {
-            tokio::task::yield_now().await;
-        }
-        for (_, used) in client.pool.state.lock().unwrap().h1.iter_mut() {
-            *used -= H1_REUSE_IDLE;
-        }
-        body(client.request(get("/", Version::HTTP_11)).await.unwrap()).await;
+        // The connection ages past the limit.
+        body(after_idle(&client, H1_REUSE_IDLE, get("/", Version::HTTP_11)).await.unwrap()).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "a connection idle too long was reused");
         assert_eq!(client.pool.state.lock().unwrap().h1.len(), 1, "the old connection was kept");
     }
@@ -792,27 +796,17 @@ mod tests {
             }
             true
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            loop {
-                let (mut sock, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    if read_head(&mut sock).await {
-                        let _ = sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
-                    }
-                    read_head(&mut sock).await;
-                });
+        counting_server(|mut sock, _| async move {
+            if read_head(&mut sock).await {
+                let _ = sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
             }
-        });
-        (addr, accepted)
+            read_head(&mut sock).await;
+        })
+        .await
     }
 
     /// Sends `req` on `client`'s one pooled connection, made to look idle
-    /// for `idle` first.
+    /// for `idle` first (once it is ready: its response read to the end).
     async fn after_idle(
         client: &HttpClient,
         idle: Duration,
@@ -902,30 +896,21 @@ mod tests {
         // An h2 server whose first connection, once its first request is
         // in, says it is going away while that request is still open;
         // later connections answer every request.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            loop {
-                let (sock, _) = listener.accept().await.unwrap();
-                let first = count.fetch_add(1, Ordering::SeqCst) == 0;
-                tokio::spawn(async move {
-                    let mut conn = ::h2::server::handshake(sock).await.unwrap();
-                    let mut held = Vec::new();
-                    while let Some(Ok((_req, mut respond))) = conn.accept().await {
-                        if first {
-                            conn.graceful_shutdown();
-                            held.push(respond);
-                            continue;
-                        }
-                        let rsp = Response::new(());
-                        let mut body = respond.send_response(rsp, false).unwrap();
-                        body.send_data(bytes::Bytes::from_static(b"new"), true).unwrap();
-                    }
-                });
+        let (addr, accepted) = counting_server(|sock, before| async move {
+            let mut conn = ::h2::server::handshake(sock).await.unwrap();
+            let mut held = Vec::new();
+            while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                if before == 0 {
+                    conn.graceful_shutdown();
+                    held.push(respond);
+                    continue;
+                }
+                let rsp = Response::new(());
+                let mut body = respond.send_response(rsp, false).unwrap();
+                body.send_data(bytes::Bytes::from_static(b"new"), true).unwrap();
             }
-        });
+        })
+        .await;
         let client = client(addr, Proto::Http2);
         let held = tokio::spawn(client.request(get("/held", Version::HTTP_2)));
         // The first connection is up, its one stream open, and it has said

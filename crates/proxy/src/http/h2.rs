@@ -117,7 +117,10 @@ impl Connection {
             return Err(Box::new((error.into(), Some(req))));
         }
         let (mut head, body) = req.into_parts();
-        strip_connection_headers(&mut head.headers);
+        // The proxy has stripped hop-by-hop headers already (a pass of
+        // cheap compares when there are none); h2 refuses a request that
+        // still has one, so they go here too whoever calls.
+        super::headers::strip_hop_by_hop(&mut head.headers, false);
         let eos = body.is_end_stream();
         let (response, stream) =
             send.send_request(Request::from_parts(head, ()), eos).map_err(|e| Box::new((e.into(), None)))?;
@@ -155,19 +158,6 @@ async fn keepalive(mut ping: h2::PingPong, dead: oneshot::Sender<()>) {
                 return;
             }
         }
-    }
-}
-
-/// Removes what HTTP/2 forbids in a request (RFC 9113 §8.2.2); h2 refuses
-/// a request that has any, where an HTTP/1 hop would have carried them.
-fn strip_connection_headers(headers: &mut HeaderMap) {
-    for name in [header::CONNECTION, header::TRANSFER_ENCODING, header::UPGRADE] {
-        headers.remove(name);
-    }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
-    if headers.get(header::TE).is_some_and(|te| te != "trailers") {
-        headers.remove(header::TE);
     }
 }
 

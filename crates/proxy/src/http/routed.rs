@@ -4,10 +4,9 @@
 //! the route series count it once as a logical request and once per
 //! attempt.
 
-use super::body::UpstreamBody;
 use super::{
     Conn, L5D_ORIG_PROTO, ResponseBody, absolute_uri,
-    body::{ObservedBody, Recorder, RequestBody, RouteEnd, grpc_status},
+    body::{ObservedBody, Recorder, RequestBody, RouteEnd, UpstreamBody, grpc_status},
     client::Proto,
     error::ProxyError,
     headers,
