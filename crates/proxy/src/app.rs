@@ -7,7 +7,7 @@ use crate::{
     detect::{self, Detected, Protocol},
     discovery::{Discovery, Resolution, ServiceRoute, TargetKey},
     drain::Drain,
-    http::{ConnService, HttpProxy, client::Clients, client::Proto},
+    http::{ConnService, HttpProxy, client::Clients, client::Proto, head_timeout::HeadTimeout},
     identity::Identity,
     io::{self, MeteredIo, PrefixedIo},
     metrics::{AuthzLabels, Direction, Metrics, Peer, TcpLabels, Tls},
@@ -531,18 +531,30 @@ impl Listener {
         let io = TokioIo::new(io);
         let result = match proto {
             Proto::Http1 => {
+                // weft's own header read timeout, not hyper's (see head_timeout.rs).
+                let head_timeout = HeadTimeout::new(self.config.header_read_timeout);
+                let svc = svc.with_activity(head_timeout.as_ref().map(HeadTimeout::activity));
                 let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(60))
+                    .header_read_timeout(None)
                     .serve_connection(io, svc)
                     .with_upgrades();
                 let mut conn = std::pin::pin!(conn);
+                let expired = async {
+                    match &head_timeout {
+                        Some(timeout) => timeout.expired().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     biased;
                     res = conn.as_mut() => res,
                     () = self.drain.signaled() => {
                         conn.as_mut().graceful_shutdown();
                         conn.await
+                    }
+                    () = expired => {
+                        tracing::debug!(direction = ?self.direction, "no request head within the header read timeout; closing");
+                        Ok(())
                     }
                 }
             }

@@ -50,6 +50,10 @@ pub const ENV_INBOUND_FORWARD: &str = "WEFT_PROXY_INBOUND_FORWARD";
 /// concurrent HTTP/1 requests to it ride HTTP/2 (0: always, as
 /// linkerd2-proxy does).
 pub const ENV_OUTBOUND_MESH_HTTP1_CONNECTIONS: &str = "WEFT_PROXY_OUTBOUND_MESH_HTTP1_CONNECTIONS";
+/// weft's own: how long an HTTP/1 client may take to send its next request
+/// head (idle keep-alive included) before its connection is closed, on both
+/// listeners (0: no limit).
+pub const ENV_HTTP1_HEADER_READ_TIMEOUT: &str = "WEFT_PROXY_HTTP1_HEADER_READ_TIMEOUT";
 
 /// Linkerd's default list of ports on which the client or server speaks first
 /// (SMTP, MySQL, Galera, PostgreSQL, Redis, Elasticsearch, memcached).
@@ -125,6 +129,8 @@ pub struct ListenerConfig {
     pub detect_timeout: Duration,
     pub connect_timeout: Duration,
     pub opaque_ports: PortSet,
+    /// How long an HTTP/1 client may take to send its next request head.
+    pub header_read_timeout: Duration,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -158,6 +164,8 @@ impl Config {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
         let env = Env(&get);
         let default_opaque = PortSet::from_ports(DEFAULT_OPAQUE_PORTS);
+        let header_read_timeout =
+            env.parse(ENV_HTTP1_HEADER_READ_TIMEOUT, parse_duration)?.unwrap_or(Duration::from_secs(60));
         let config = Config {
             inbound: ListenerConfig {
                 addr: env.parse(ENV_INBOUND_LISTEN_ADDR, parse_addr)?.unwrap_or(([0, 0, 0, 0], 4143).into()),
@@ -170,6 +178,7 @@ impl Config {
                 opaque_ports: env
                     .parse(ENV_INBOUND_OPAQUE_PORTS, PortSet::parse)?
                     .unwrap_or_else(|| default_opaque.clone()),
+                header_read_timeout,
             },
             outbound: ListenerConfig {
                 addr: env
@@ -182,6 +191,7 @@ impl Config {
                     .parse(ENV_OUTBOUND_CONNECT_TIMEOUT, parse_duration)?
                     .unwrap_or(Duration::from_secs(1)),
                 opaque_ports: env.parse(ENV_OUTBOUND_OPAQUE_PORTS, PortSet::parse)?.unwrap_or(default_opaque),
+                header_read_timeout,
             },
             admin_addr: env.parse(ENV_ADMIN_LISTEN_ADDR, parse_addr)?.unwrap_or(([0, 0, 0, 0], 4191).into()),
             control_addr: env
@@ -498,6 +508,15 @@ mod tests {
         let c = config(&[(ENV_OUTBOUND_MESH_HTTP1_CONNECTIONS, "0")]).unwrap();
         assert_eq!(c.mesh_http1_connections, 0);
         assert_eq!(config(&[]).unwrap().mesh_http1_connections, 32);
+
+        let err = config(&[(ENV_HTTP1_HEADER_READ_TIMEOUT, "soon")]).unwrap_err();
+        assert_eq!(err.name, ENV_HTTP1_HEADER_READ_TIMEOUT);
+        let c = config(&[(ENV_HTTP1_HEADER_READ_TIMEOUT, "5s")]).unwrap();
+        assert_eq!(
+            (c.inbound.header_read_timeout, c.outbound.header_read_timeout),
+            (Duration::from_secs(5), Duration::from_secs(5))
+        );
+        assert_eq!(config(&[]).unwrap().inbound.header_read_timeout, Duration::from_secs(60));
     }
 
     #[test]

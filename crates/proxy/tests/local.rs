@@ -156,3 +156,79 @@ async fn ingress_mode_discovers_services_by_authority() {
     assert_ne!(request(proxy.outbound, req).await.status(), StatusCode::OK);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// weft's own HTTP/1 header read timeout (`WEFT_PROXY_HTTP1_HEADER_READ_TIMEOUT`):
+/// a client that never finishes a request head, or sits idle between
+/// requests, is let go after the timeout; a response that takes longer
+/// than the timeout, and requests sent closer together than it, keep the
+/// connection. The waits below are the timeout passing, what is tested.
+#[tokio::test]
+async fn http1_connections_without_a_request_head_are_closed_after_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::time::{Instant, sleep, timeout};
+    const TIMEOUT: Duration = Duration::from_millis(500);
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap().to_string();
+    let (stats, serve) = apps::http(listener);
+    tokio::spawn(serve);
+    let proxy = LocalProxy::start(
+        PROXY.as_ref(),
+        &[("WEFT_PROXY_INBOUND_FORWARD", &app), ("WEFT_PROXY_HTTP1_HEADER_READ_TIMEOUT", "500ms")],
+    );
+
+    // A head sent a few bytes at a time and never finished (slowloris).
+    let sock = tokio::net::TcpStream::connect(proxy.inbound).await.unwrap();
+    let started = Instant::now();
+    let (mut rx, mut tx) = sock.into_split();
+    tx.write_all(b"GET / HTTP/1.1\r\nhost: app\r\n").await.unwrap();
+    let trickle = async move {
+        while tx.write_all(b"x-slow: 1\r\n").await.is_ok() {
+            sleep(Duration::from_millis(100)).await;
+        }
+        // Closed under a write: the read below says so.
+        std::future::pending::<()>().await;
+    };
+    let closed = async move {
+        let mut buf = [0u8; 64];
+        // Closed: the end of the stream, or a reset if a write crossed it.
+        if let Ok(n @ 1..) = rx.read(&mut buf).await {
+            panic!("the proxy answered a head it never got whole: {:?}", &buf[..n]);
+        }
+    };
+    let closed = tokio::select! {
+        () = closed => true,
+        () = trickle => unreachable!(),
+        () = sleep(Duration::from_secs(20)) => false,
+    };
+    assert!(closed, "a head that never ends was not cut off by the header read timeout");
+    assert!(started.elapsed() >= TIMEOUT, "closed after {:?}, before the timeout", started.elapsed());
+    assert_eq!(stats.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // A response slower than the timeout, then requests at under the
+    // timeout apart for longer than it, all on one connection.
+    let sock = tokio::net::TcpStream::connect(proxy.inbound).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(sock)).await.unwrap();
+    let mut conn = tokio::spawn(conn);
+    let get = |path: &str| Request::get(path).header("host", "app").body(Empty::<Bytes>::new()).unwrap();
+    let slow = send.send_request(get("/slow"));
+    let release = async {
+        stats.slow_arrived.notified().await;
+        sleep(TIMEOUT * 3).await;
+        stats.release.notify_one();
+    };
+    let (slow, ()) = tokio::join!(slow, release);
+    assert_eq!(slow.expect("the slow response arrives").status(), StatusCode::OK);
+    for _ in 0..5 {
+        sleep(TIMEOUT * 2 / 5).await;
+        send.ready().await.expect("the connection is still open");
+        let rsp = send.send_request(get("/")).await.expect("a request on the kept connection");
+        assert_eq!(rsp.into_body().collect().await.unwrap().to_bytes(), "hello");
+    }
+
+    // Then idle: closed once the timeout has passed.
+    let idle = Instant::now();
+    let ended = timeout(Duration::from_secs(20), &mut conn).await;
+    assert!(ended.is_ok(), "an idle keep-alive connection was kept past the header read timeout");
+    assert!(idle.elapsed() >= TIMEOUT - Duration::from_millis(50), "closed after {:?} idle", idle.elapsed());
+}

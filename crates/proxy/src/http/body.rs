@@ -189,6 +189,40 @@ impl Drop for ObservedBody {
     }
 }
 
+/// A response as the connection writes it: over HTTP/1 it holds the
+/// connection's head timeout (`head_timeout.rs`) until hyper has written
+/// it and lets it go.
+pub struct ConnBody {
+    inner: super::ResponseBody,
+    _busy: Option<super::head_timeout::Busy>,
+}
+
+impl ConnBody {
+    pub fn new(inner: super::ResponseBody, busy: Option<super::head_timeout::Busy>) -> Self {
+        Self { inner, _busy: busy }
+    }
+}
+
+impl Body for ConnBody {
+    type Data = Bytes;
+    type Error = <super::ResponseBody as Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A request body as the proxy sends it upstream: the client's stream as
 /// it comes, nothing, or a body that can be sent again (retries, mirrors).
 pub enum RequestBody {

@@ -83,7 +83,7 @@ const POOL_IDLE: Duration = Duration::from_secs(60);
 
 /// An idle HTTP/1 connection is not taken for a request once it has been
 /// unused this long: weft's inbound closes keep-alive connections idle for
-/// 60 s (hyper's header read timeout runs between requests), and a request
+/// 60 s by default (its header read timeout runs between requests), and a request
 /// written as the server closes would fail.
 const H1_REUSE_IDLE: Duration = Duration::from_secs(50);
 

@@ -6,11 +6,12 @@ mod body;
 pub mod client;
 pub mod error;
 mod h2;
+pub mod head_timeout;
 pub mod headers;
 mod routed;
 
 use self::{
-    body::{ObservedBody, Recorder, RequestBody},
+    body::{ConnBody, ObservedBody, Recorder, RequestBody},
     client::{Clients, HttpClient, Proto},
     error::ProxyError,
 };
@@ -63,6 +64,8 @@ pub struct HttpProxy {
 #[derive(Clone)]
 pub struct ConnService {
     inner: Arc<Conn>,
+    /// HTTP/1: what the connection's head timeout watches.
+    activity: Option<Arc<head_timeout::Activity>>,
 }
 
 struct Conn {
@@ -115,18 +118,26 @@ impl ConnService {
                 route,
                 last_authz,
             }),
+            activity: None,
         }
+    }
+
+    /// Tells `activity` when each request starts and its response ends.
+    pub fn with_activity(mut self, activity: Option<Arc<head_timeout::Activity>>) -> Self {
+        self.activity = activity;
+        self
     }
 }
 
 impl hyper::service::Service<Request<Incoming>> for ConnService {
-    type Response = Response<ResponseBody>;
+    type Response = Response<ConnBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let conn = self.inner.clone();
-        Box::pin(async move { Ok(conn.proxy(req).await) })
+        let busy = self.activity.as_ref().map(head_timeout::Activity::busy);
+        Box::pin(async move { Ok(conn.proxy(req).await.map(|body| ConnBody::new(body, busy))) })
     }
 }
 
