@@ -49,12 +49,15 @@ pub struct Busy(Arc<Activity>);
 impl HeadTimeout {
     /// `None` when `timeout` is zero: connections wait for heads forever.
     pub fn new(timeout: Duration) -> Option<Self> {
+        if timeout.is_zero() {
+            return None;
+        }
         let activity = Arc::new(Activity {
             start: Instant::now(),
             busy: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
         });
-        (!timeout.is_zero()).then_some(Self { timeout, activity })
+        Some(Self { timeout, activity })
     }
 
     pub fn activity(&self) -> Arc<Activity> {
