@@ -97,7 +97,10 @@ fn main() -> anyhow::Result<()> {
         bail!("{} not found: build it with `cargo build --release -p weft-proxy`", proxy_bin.display());
     }
     let Some(net) = Net::for_test("weft-bench") else {
-        bail!("weft-bench needs root: it runs pods as network namespaces");
+        bail!(
+            "weft-bench runs its pods as network namespaces behind iptables: run it as root, \
+             with `ip` (iproute2) and `iptables` installed (bench/run installs them)"
+        );
     };
     if args.quick {
         args.seconds = 2;
