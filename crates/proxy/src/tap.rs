@@ -67,7 +67,9 @@ pub struct RequestInfo<'a> {
 pub struct Tapped {
     taps: Vec<(Arc<OneTap>, u64)>,
     started: Instant,
-    base: TapEvent,
+    /// Boxed: a tapped request is rare, and every response's body carries
+    /// an `Option<Tapped>` that hyper moves a few times per request.
+    base: Box<TapEvent>,
 }
 
 impl Taps {
@@ -111,7 +113,7 @@ impl Taps {
             }));
             let _ = tap.tx.try_send(Ok(event));
         }
-        Some(Tapped { taps: taken, started: Instant::now(), base })
+        Some(Tapped { taps: taken, started: Instant::now(), base: Box::new(base) })
     }
 
     fn open(&self, req: ObserveRequest) -> ReceiverStream<Result<TapEvent, tonic::Status>> {
@@ -144,7 +146,7 @@ impl Tapped {
     pub fn response(&self, status: u16) {
         let since = self.started.elapsed().try_into().ok();
         for (tap, stream) in &self.taps {
-            let mut event = self.base.clone();
+            let mut event = TapEvent::clone(&self.base);
             event.event = Some(tap_event::Event::Http(tap_event::Http {
                 event: Some(ev::Event::ResponseInit(ev::ResponseInit {
                     id: Some(ev::StreamId { base: tap.base, stream: *stream }),
@@ -170,7 +172,7 @@ impl Tapped {
             (None, false) => None,
         };
         for (tap, stream) in &self.taps {
-            let mut event = self.base.clone();
+            let mut event = TapEvent::clone(&self.base);
             event.event = Some(tap_event::Event::Http(tap_event::Http {
                 event: Some(ev::Event::ResponseEnd(ev::ResponseEnd {
                     id: Some(ev::StreamId { base: tap.base, stream: *stream }),

@@ -298,15 +298,14 @@ impl HttpClient {
                         Some(connection) => connection,
                         None => Box::pin(pool.h2_connect()).await?,
                     };
-                    let response = match connection.send(req).map_err(|refused| *refused) {
+                    let response = match connection.send(req) {
                         Ok(response) => response,
-                        // The connection had gone away with nothing of the
-                        // request written: it goes once on a new one.
-                        Err((_, Some(req))) => {
-                            let connection = Box::pin(pool.h2_connect()).await?;
-                            connection.send(req).map_err(|refused| refused.0)?
-                        }
-                        Err((error, None)) => return Err(error),
+                        Err(refused) => match *refused {
+                            // The connection had gone away with nothing of the
+                            // request written: it goes once on a new one.
+                            (_, Some(req)) => return Box::pin(pool.h2_send_new(req)).await,
+                            (error, None) => return Err(error),
+                        },
                     };
                     let rsp = response.await?;
                     Ok(rsp.map(UpstreamBody::Http2))
@@ -328,6 +327,17 @@ impl Pool {
         let sent = sender.send_request(req);
         self.h1_put(sender);
         Ok(sent.await?.map(UpstreamBody::Http1))
+    }
+
+    /// Sends `req` on a new HTTP/2 connection: the shared one went away
+    /// before it took the request.
+    async fn h2_send_new(
+        self: &Arc<Self>,
+        req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, ClientError> {
+        let connection = self.h2_connect().await?;
+        let rsp = connection.send(req).map_err(|refused| refused.0)?.await?;
+        Ok(rsp.map(UpstreamBody::Http2))
     }
 
     /// The most recently used HTTP/1 connection that is ready for a
