@@ -135,16 +135,37 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let conn = self.inner.clone();
         let busy = self.activity.as_ref().map(head_timeout::Activity::busy);
-        Box::pin(async move { Ok(conn.proxy(req).await.map(|body| ConnBody::new(body, busy))) })
+        Box::pin(Proxied { inner: self.inner.clone().proxy(req), busy })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// `Conn::proxy`'s future, its response's body made a [`ConnBody`]. Not
+    /// an async block, which would hold the inner future twice (captured,
+    /// and again while awaited): hyper boxes this per request, and under
+    /// ~1 KiB the box comes from the allocator's per-thread cache.
+    struct Proxied<F> {
+        #[pin]
+        inner: F,
+        busy: Option<head_timeout::Busy>,
+    }
+}
+
+impl<F: Future<Output = Response<ResponseBody>>> Future for Proxied<F> {
+    type Output = Result<Response<ConnBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let rsp = std::task::ready!(this.inner.poll(cx));
+        std::task::Poll::Ready(Ok(rsp.map(|body| ConnBody::new(body, this.busy.take()))))
     }
 }
 
 // === impl Conn ===
 
 impl Conn {
-    async fn proxy(&self, mut req: Request<Incoming>) -> Response<ResponseBody> {
+    async fn proxy(self: Arc<Self>, mut req: Request<Incoming>) -> Response<ResponseBody> {
         let started = Instant::now();
         let grpc = is_grpc(&req);
 
@@ -224,7 +245,11 @@ impl Conn {
         }
         let downstream_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
 
-        let mut rsp = match client.request(req.map(|b| RequestBody::new(b, None))).await {
+        // Boxed: the client's future is most of this one's size, and
+        // keeping the future hyper boxes per request under ~1 KiB keeps
+        // both allocations in the allocator's per-thread cache.
+        let sent = Box::pin(client.request(req.map(|b| RequestBody::new(b, None))));
+        let mut rsp = match sent.await {
             Ok(rsp) => rsp,
             Err(e) => return fail(ProxyError::from_client(e)),
         };
