@@ -144,7 +144,10 @@ pin_project_lite::pin_project! {
     /// `Conn::proxy`'s future, its response's body made a [`ConnBody`]. Not
     /// an async block, which would hold the inner future twice (captured,
     /// and again while awaited): hyper boxes this per request, and under
-    /// ~1 KiB the box comes from the allocator's per-thread cache.
+    /// ~1 KiB the box comes from the allocator's per-thread cache. Nor
+    /// `futures_util`'s `map`, which moves the finished inner future out
+    /// to call its closure: a ~900-byte copy per request (callgrind: 459
+    /// more instructions per request than this).
     struct Proxied<F> {
         #[pin]
         inner: F,
