@@ -16,6 +16,7 @@ mod envoy;
 mod haproxy;
 mod load;
 mod mtls;
+mod targets;
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -183,6 +184,7 @@ fn main() -> anyhow::Result<()> {
     );
 
     let mut cpu_rows = Vec::new();
+    let mut points_measured: Vec<targets::Point> = Vec::new();
     let mut points: Vec<(Protocol, u32)> =
         args.rates.iter().filter(|&&r| r > 0).map(|&r| (Protocol::Http1, r)).collect();
     if args.grpc_rate > 0 {
@@ -193,9 +195,17 @@ fn main() -> anyhow::Result<()> {
         // Per round: direct, then every contender, so drift hits all alike.
         let mut direct_rounds = Vec::new();
         let mut rounds_of: Vec<Vec<Figures>> = meshed.iter().map(|_| Vec::new()).collect();
-        for _ in 0..rounds {
+        for round in 0..rounds {
             let base = run(&direct, &load)?;
-            for (path, of) in meshed.iter().zip(rounds_of.iter_mut()) {
+            // Every other round runs the contenders in reverse, so that no
+            // contender always runs closest to direct's measurement (or right
+            // after the heaviest peer).
+            let mut order: Vec<usize> = (0..meshed.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for i in order {
+                let (path, of) = (&meshed[i], &mut rounds_of[i]);
                 if failed.contains(&path.name) {
                     continue;
                 }
@@ -215,7 +225,8 @@ fn main() -> anyhow::Result<()> {
                 };
                 let after = cpu(path);
                 let per_10k = |d: Duration| d.as_secs_f64() * 10_000.0 / report.completed.max(1) as f64;
-                let cpu_pair = (per_10k(after.0 - before.0), per_10k(after.1 - before.1));
+                let cpu_pair =
+                    (per_10k(after.0.saturating_sub(before.0)), per_10k(after.1.saturating_sub(before.1)));
                 of.push(Figures::of(&report, Some(&base), Some(cpu_pair)));
             }
             direct_rounds.push(Figures::of(&base, None, None));
@@ -259,6 +270,8 @@ fn main() -> anyhow::Result<()> {
             }
             results.push(protocol.name(), rate, path.name, &figures);
         }
+        let contenders = meshed.iter().zip(rounds_of).filter(|(p, _)| !failed.contains(&p.name));
+        points_measured.push((protocol, rate, contenders.map(|(p, of)| (p.name, of)).collect()));
     }
 
     println!();
@@ -308,6 +321,10 @@ fn main() -> anyhow::Result<()> {
             server.peak_rss_kib() as f64 / 1024.0
         );
     }
+    println!();
+    let targets = targets::judge(&points_measured, &results.rss_mb);
+    targets::print(&targets);
+    results.targets = targets;
     std::fs::create_dir_all(&args.out)?;
     let json = args.out.join("results.json");
     std::fs::write(&json, serde_json::to_string_pretty(&results.to_json())?)?;
@@ -323,6 +340,7 @@ struct Results {
     throughput: Vec<(String, f64)>,
     rss_mb: Vec<(String, f64, f64)>,
     handshakes: Option<(f64, f64)>,
+    targets: Vec<targets::Verdict>,
 }
 
 impl Results {
@@ -343,6 +361,7 @@ impl Results {
             "max_throughput_rps": self.throughput.iter().map(|(n, t)| serde_json::json!({"contender": n, "rps": t})).collect::<Vec<_>>(),
             "peak_rss_mb": self.rss_mb.iter().map(|(n, c, s)| serde_json::json!({"contender": n, "client": c, "server": s})).collect::<Vec<_>>(),
             "mtls_handshakes": self.handshakes.map(|(rate, per_core)| serde_json::json!({"per_second": rate, "per_cpu_second": per_core})),
+            "targets": self.targets.iter().map(targets::Verdict::to_json).collect::<Vec<_>>(),
         })
     }
 }
@@ -396,15 +415,15 @@ fn cpu(path: &Path) -> (Duration, Duration) {
 
 /// One point's figures, from one round or the median of several.
 #[derive(Clone, Copy)]
-struct Figures {
+pub(crate) struct Figures {
     rps: f64,
     errors: u64,
     /// p50, p99, p999 and max, in milliseconds.
     ms: [f64; 4],
     /// p50, p99 and p999 over direct's in the same round.
-    added: Option<[f64; 3]>,
+    pub(crate) added: Option<[f64; 3]>,
     /// Client and server sidecar CPU seconds per 10,000 requests.
-    cpu: Option<(f64, f64)>,
+    pub(crate) cpu: Option<(f64, f64)>,
 }
 
 impl Figures {
@@ -421,7 +440,7 @@ impl Figures {
     }
 
     /// Each figure's median over the rounds (errors: their sum).
-    fn median(rounds: &[Figures]) -> Figures {
+    pub(crate) fn median(rounds: &[Figures]) -> Figures {
         fn median(mut v: Vec<f64>) -> f64 {
             v.sort_by(f64::total_cmp);
             let n = v.len();

@@ -131,7 +131,7 @@ impl Control {
             }
         });
         let elapsed = started.elapsed().as_secs_f64();
-        let cpu = (server_proxy.cpu_time() - cpu_before).as_secs_f64();
+        let cpu = server_proxy.cpu_time().saturating_sub(cpu_before).as_secs_f64();
         let n = done.load(Ordering::Relaxed) as f64;
         if errors.load(Ordering::Relaxed) > 0 {
             println!("{} handshakes failed", errors.load(Ordering::Relaxed));
