@@ -250,8 +250,7 @@ fn main() -> anyhow::Result<()> {
             let figures = Figures::median(of);
             print_row(&format!("{} {}", protocol.name(), path.name), &figures);
             let added_p99 = figures.added.map_or(0.0, |a| a[1]);
-            let against =
-                if path.name.ends_with("-mtls") || path.name == "weft-authz" { "weft-mtls" } else { "weft" };
+            let against = targets::weft_doing_the_same_job(path.name);
             if path.name == "weft" || path.name == "weft-mtls" {
                 weft_added_p99.push((path.name, added_p99));
             } else {
@@ -415,15 +414,15 @@ fn cpu(path: &Path) -> (Duration, Duration) {
 
 /// One point's figures, from one round or the median of several.
 #[derive(Clone, Copy)]
-pub(crate) struct Figures {
+struct Figures {
     rps: f64,
     errors: u64,
     /// p50, p99, p999 and max, in milliseconds.
     ms: [f64; 4],
     /// p50, p99 and p999 over direct's in the same round.
-    pub(crate) added: Option<[f64; 3]>,
+    added: Option<[f64; 3]>,
     /// Client and server sidecar CPU seconds per 10,000 requests.
-    pub(crate) cpu: Option<(f64, f64)>,
+    cpu: Option<(f64, f64)>,
 }
 
 impl Figures {
@@ -440,7 +439,7 @@ impl Figures {
     }
 
     /// Each figure's median over the rounds (errors: their sum).
-    pub(crate) fn median(rounds: &[Figures]) -> Figures {
+    fn median(rounds: &[Figures]) -> Figures {
         fn median(mut v: Vec<f64>) -> f64 {
             v.sort_by(f64::total_cmp);
             let n = v.len();

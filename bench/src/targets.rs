@@ -10,9 +10,14 @@
 
 use crate::{Figures, load::Protocol};
 
-/// The peers weft has to beat, each beside the weft doing the same job.
-const PEERS: [(&str, &str); 4] =
-    [("envoy", "weft"), ("haproxy", "weft"), ("envoy-mtls", "weft-mtls"), ("haproxy-mtls", "weft-mtls")];
+/// The peers weft has to beat.
+const PEERS: [&str; 4] = ["envoy", "haproxy", "envoy-mtls", "haproxy-mtls"];
+
+/// The weft a contender is compared with: mutual TLS (and policy, which
+/// runs on it) beside weft-mtls, plaintext beside weft.
+pub fn weft_doing_the_same_job(contender: &str) -> &'static str {
+    if contender.ends_with("-mtls") || contender == "weft-authz" { "weft-mtls" } else { "weft" }
+}
 
 /// Peak RSS each weft sidecar stays under, in MB.
 const RSS_LIMIT_MB: f64 = 15.0;
@@ -48,27 +53,25 @@ pub fn judge(points: &[Point], rss_mb: &[(String, f64, f64)]) -> Vec<Verdict> {
     let mut verdicts = Vec::new();
     for (protocol, rate, contenders) in points {
         let rounds_of = |name: &str| contenders.iter().find(|(n, _)| *n == name).map(|(_, r)| r);
-        for (peer, weft) in PEERS {
+        for peer in PEERS {
+            let weft = weft_doing_the_same_job(peer);
             let (Some(peer_rounds), Some(weft_rounds)) = (rounds_of(peer), rounds_of(weft)) else {
                 continue;
+            };
+            let rounds = Rounds {
+                weft: weft_rounds,
+                peer: peer_rounds,
+                medians: (Figures::median(weft_rounds), Figures::median(peer_rounds)),
             };
             let point = format!("{} @ {rate}/s", protocol.name());
             for (i, figure) in [(0, "added p50"), (1, "added p99")] {
                 let added = |f: &Figures| f.added.map_or(f64::NAN, |a| a[i]);
-                verdicts.push(compare(
-                    format!("{point} {figure} vs {peer}"),
-                    weft_rounds,
-                    peer_rounds,
-                    added,
-                    "ms",
-                ));
+                verdicts.push(rounds.compare(format!("{point} {figure} vs {peer}"), added, "ms"));
             }
             if peer.starts_with("envoy") {
                 let cpu = |f: &Figures| f.cpu.map_or(f64::NAN, |(client, server)| client + server);
-                verdicts.push(compare(
+                verdicts.push(rounds.compare(
                     format!("{point} CPU per 10k requests (both sidecars) vs {peer}"),
-                    weft_rounds,
-                    peer_rounds,
                     cpu,
                     "s",
                 ));
@@ -89,18 +92,22 @@ pub fn judge(points: &[Point], rss_mb: &[(String, f64, f64)]) -> Vec<Verdict> {
     verdicts
 }
 
-/// Lower is better: the medians decide, the rounds say how firmly.
-fn compare(
-    target: String,
-    weft: &[Figures],
-    peer: &[Figures],
-    figure: impl Fn(&Figures) -> f64,
-    unit: &'static str,
-) -> Verdict {
-    let (w, p) = (figure(&Figures::median(weft)), figure(&Figures::median(peer)));
-    let paired = weft.len().min(peer.len());
-    let ahead = weft.iter().zip(peer).filter(|(w, p)| figure(w) < figure(p)).count();
-    Verdict { target, weft: w, peer: p, unit, ahead: Some((ahead, paired)), met: w < p }
+/// One peer's and its weft's figures at one point, round by round, and
+/// their medians (what the table shows).
+struct Rounds<'a> {
+    weft: &'a [Figures],
+    peer: &'a [Figures],
+    medians: (Figures, Figures),
+}
+
+impl Rounds<'_> {
+    /// Lower is better: the medians decide, the rounds say how firmly.
+    fn compare(&self, target: String, figure: impl Fn(&Figures) -> f64, unit: &'static str) -> Verdict {
+        let (w, p) = (figure(&self.medians.0), figure(&self.medians.1));
+        let paired = self.weft.len().min(self.peer.len());
+        let ahead = self.weft.iter().zip(self.peer).filter(|(w, p)| figure(w) < figure(p)).count();
+        Verdict { target, weft: w, peer: p, unit, ahead: Some((ahead, paired)), met: w < p }
+    }
 }
 
 pub fn print(verdicts: &[Verdict]) {
@@ -110,10 +117,11 @@ pub fn print(verdicts: &[Verdict]) {
     println!(
         "targets: weft's median beside the peer's; \"ahead\" counts the rounds in which weft's own figure was lower"
     );
+    let width = verdicts.iter().map(|v| v.target.len()).max().unwrap_or(0);
     for v in verdicts {
         let ahead = v.ahead.map(|(a, n)| format!("  ahead in {a} of {n} rounds")).unwrap_or_default();
         println!(
-            "  {:<8} {:<62} weft {:>7.3} {:<2}  peer {:>7.3} {:<2}{ahead}",
+            "  {:<8} {:<width$} weft {:>7.3} {:<2}  peer {:>7.3} {:<2}{ahead}",
             if v.met { "met" } else { "NOT met" },
             v.target,
             v.weft,
@@ -163,6 +171,14 @@ mod tests {
         // Peers not in the run (the mTLS ones here) are not judged.
         assert!(verdicts.iter().all(|v| !v.target.contains("mtls")));
         assert_eq!(verdicts.len(), 6);
+    }
+
+    #[test]
+    fn mutual_tls_and_policy_are_compared_with_weft_mtls() {
+        assert_eq!(weft_doing_the_same_job("haproxy-mtls"), "weft-mtls");
+        assert_eq!(weft_doing_the_same_job("linkerd2-proxy-mtls"), "weft-mtls");
+        assert_eq!(weft_doing_the_same_job("weft-authz"), "weft-mtls");
+        assert_eq!(weft_doing_the_same_job("envoy"), "weft");
     }
 
     #[test]

@@ -323,13 +323,16 @@ fn proc_cpu_time(pid: u32) -> Duration {
     schedstat_runtime(pid).unwrap_or_else(|| stat_cpu_time(pid))
 }
 
+/// `None` where no thread's schedstat can be read (schedstats off, or the
+/// process gone); a thread that exits between listing and reading is
+/// skipped rather than sending the whole reading to the coarser fallback.
 fn schedstat_runtime(pid: u32) -> Option<Duration> {
-    let mut ns = 0u64;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let schedstat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
-        ns += schedstat.split_whitespace().next()?.parse::<u64>().ok()?;
-    }
-    Some(Duration::from_nanos(ns))
+    let runtimes: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok())
+        .filter_map(|schedstat| schedstat.split_whitespace().next()?.parse().ok())
+        .collect();
+    (!runtimes.is_empty()).then(|| Duration::from_nanos(runtimes.iter().sum()))
 }
 
 fn stat_cpu_time(pid: u32) -> Duration {
@@ -343,4 +346,26 @@ fn stat_cpu_time(pid: u32) -> Duration {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Duration::from_millis(ticks * 1000 / hz)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_counts_this_process_running() {
+        let pid = std::process::id();
+        let before = proc_cpu_time(pid);
+        let started = std::time::Instant::now();
+        // Spin until the count has moved by 20 ms of CPU (or give up after
+        // 10 s of wall clock, which only a machine starving this test hits).
+        let mut spins = 0u64;
+        while proc_cpu_time(pid).saturating_sub(before) < Duration::from_millis(20) {
+            assert!(started.elapsed() < Duration::from_secs(10), "CPU time did not grow while spinning");
+            spins = std::hint::black_box(spins.wrapping_add(1));
+        }
+        if schedstat_runtime(pid).is_none() {
+            println!("schedstats are off here: CPU time came from /proc/PID/stat's ticks");
+        }
+    }
 }
