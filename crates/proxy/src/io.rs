@@ -11,22 +11,15 @@ use std::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Reads `prefix` first, then from `io`; writes go straight to `io`.
+/// Reads `prefix` first, then from `io`; writes go to `io`, several small
+/// buffers as one (see [`poll_write_flat`]).
 pub struct PrefixedIo<I> {
     prefix: Bytes,
     io: I,
 }
 
-/// Counts every byte read and written into the connection's metrics.
-///
-/// It also decides how a write of several buffers (an HTTP/1 head and
-/// its body, TLS records) reaches the socket. A socket's `writev` goes
-/// through the kernel's file layer, where `send` goes straight to the
-/// socket: on this project's 2-core machine the pair costs ~0.2-0.4 µs
-/// more per call for a 1-4 KiB message, more than copying it into one
-/// buffer costs (docs/bench.md, "Small writes as one send"). So a write
-/// of up to [`FLATTEN_MAX`] bytes in several buffers is copied into one
-/// and written with `poll_write`; larger ones go as they are, uncopied.
+/// Counts every byte read and written into the connection's metrics;
+/// several small buffers are written as one (see [`poll_write_flat`]).
 pub struct MeteredIo<I> {
     io: I,
     metrics: TcpMetrics,
@@ -66,7 +59,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        poll_write_flat(&mut self.io, cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -90,41 +83,51 @@ thread_local! {
     static FLAT: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(FLATTEN_MAX));
 }
 
+/// Writes `bufs` (an HTTP/1 head and its body, TLS records) to `io` with
+/// `poll_write` where that is cheaper than a vectored write. A socket's
+/// `writev` goes through the kernel's file layer, where `send` goes
+/// straight to the socket: on this project's 2-core machine the pair costs
+/// ~0.2-0.4 µs more per call for a 1-4 KiB message, more than copying it
+/// into one buffer costs (docs/bench.md, "Small writes as one send"). So a
+/// lone buffer holding bytes goes as it is, several holding up to
+/// [`FLATTEN_MAX`] bytes together are copied into one, and larger writes
+/// stay vectored, uncopied. Both wrappers that sit on sockets use it:
+/// `PrefixedIo` on accepted ones (also beneath mesh TLS), `MeteredIo` on
+/// the upstream ones; stacked, the outer one's single write passes the
+/// inner one straight through.
+fn poll_write_flat<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    cx: &mut Context<'_>,
+    bufs: &[io::IoSlice<'_>],
+) -> Poll<io::Result<usize>> {
+    let (mut filled, mut total, mut last) = (0, 0, &[][..]);
+    for buf in bufs.iter().filter(|b| !b.is_empty()) {
+        (filled, total, last) = (filled + 1, total + buf.len(), &**buf);
+    }
+    if filled <= 1 {
+        return Pin::new(io).poll_write(cx, last);
+    }
+    if total > FLATTEN_MAX {
+        return Pin::new(io).poll_write_vectored(cx, bufs);
+    }
+    FLAT.with(|flat| match flat.try_borrow_mut() {
+        Ok(mut flat) => {
+            flat.clear();
+            for buf in bufs {
+                flat.extend_from_slice(buf);
+            }
+            Pin::new(io).poll_write(cx, &flat)
+        }
+        // Only if a write re-entered this one on the same thread.
+        Err(_) => Pin::new(io).poll_write_vectored(cx, bufs),
+    })
+}
+
 // === impl MeteredIo ===
 
 impl<I> MeteredIo<I> {
     pub fn new(io: I, metrics: TcpMetrics) -> Self {
         Self { io, metrics }
-    }
-}
-
-impl<I: AsyncWrite + Unpin> MeteredIo<I> {
-    /// Writes `bufs` as one buffer with `poll_write` when that is cheaper
-    /// than a vectored write: when only one of them holds bytes (no copy),
-    /// or when together they are small.
-    fn poll_write_flat(&mut self, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        let mut filled = bufs.iter().filter(|b| !b.is_empty());
-        let (Some(first), second) = (filled.next(), filled.next()) else {
-            return Pin::new(&mut self.io).poll_write(cx, &[]);
-        };
-        if second.is_none() {
-            return Pin::new(&mut self.io).poll_write(cx, first);
-        }
-        let total = bufs.iter().map(|b| b.len()).sum::<usize>();
-        if total > FLATTEN_MAX {
-            return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        }
-        FLAT.with(|flat| match flat.try_borrow_mut() {
-            Ok(mut flat) => {
-                flat.clear();
-                for buf in bufs {
-                    flat.extend_from_slice(buf);
-                }
-                Pin::new(&mut self.io).poll_write(cx, &flat)
-            }
-            // Only if a write re-entered this one on the same thread.
-            Err(_) => Pin::new(&mut self.io).poll_write_vectored(cx, bufs),
-        })
     }
 }
 
@@ -158,7 +161,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for MeteredIo<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let poll = self.poll_write_flat(cx, bufs);
+        let poll = poll_write_flat(&mut self.io, cx, bufs);
         if let Poll::Ready(Ok(n)) = poll {
             self.metrics.write_bytes.inc_by(n as u64);
         }
@@ -261,7 +264,7 @@ mod tests {
     }
 
     /// One vectored write of `bufs`, as hyper makes them.
-    fn write(io: &mut MeteredIo<Recorder>, bufs: &[&[u8]]) -> usize {
+    fn write(io: &mut (impl AsyncWrite + Unpin), bufs: &[&[u8]]) -> usize {
         let slices: Vec<io::IoSlice<'_>> = bufs.iter().map(|b| io::IoSlice::new(b)).collect();
         let mut cx = Context::from_waker(std::task::Waker::noop());
         match Pin::new(io).poll_write_vectored(&mut cx, &slices) {
@@ -286,6 +289,14 @@ mod tests {
         let mut io = metered(usize::MAX);
         assert_eq!(write(&mut io, &[b"", &body, b""]), body.len());
         assert_eq!(io.io.writes, [Write::One(body)]);
+    }
+
+    #[test]
+    fn the_accepted_sockets_wrapper_writes_small_buffers_as_one_too() {
+        // PrefixedIo is what mesh TLS writes its records through, inbound.
+        let mut io = PrefixedIo::new(Bytes::new(), Recorder { writes: Vec::new(), take: usize::MAX });
+        assert_eq!(write(&mut io, &[b"record one", b"record two"]), 20);
+        assert_eq!(io.io.writes, [Write::One(b"record onerecord two".to_vec())]);
     }
 
     #[test]
