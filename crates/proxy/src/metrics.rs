@@ -168,15 +168,20 @@ pub struct TcpMetrics {
 }
 
 /// The handles one route (direction, authority, target) records into.
+/// One pointer: every request's response body carries its route, and
+/// hyper moves that body several times per request, so a clone is one
+/// reference count and a move is eight bytes.
 #[derive(Clone)]
-pub struct RouteMetrics {
+pub struct RouteMetrics(Arc<Route>);
+
+struct Route {
     metrics: Arc<Metrics>,
     labels: HttpLabels,
     requests: Counter,
     /// Response handles already resolved for this route: a connection
     /// keeps its route, so most responses record with an atomic add
     /// instead of hashing the label set again.
-    seen: Arc<std::sync::Mutex<Seen>>,
+    seen: std::sync::Mutex<Seen>,
 }
 
 type ResponseKey = (u16, Option<u32>, Class, Option<&'static str>);
@@ -338,12 +343,12 @@ impl Metrics {
     }
 
     pub fn route(self: &Arc<Self>, labels: HttpLabels) -> RouteMetrics {
-        RouteMetrics {
+        RouteMetrics(Arc::new(Route {
             requests: self.requests.get_or_create_owned(&labels),
             metrics: self.clone(),
             labels,
             seen: Default::default(),
-        }
+        }))
     }
 }
 
@@ -361,22 +366,23 @@ impl TcpMetrics {
 
 impl RouteMetrics {
     pub fn labels(&self) -> &HttpLabels {
-        &self.labels
+        &self.0.labels
     }
 
     pub fn request(&self) {
-        self.requests.inc();
+        self.0.requests.inc();
     }
 
     pub fn response_headers(&self, status_code: u16, started: Instant) {
         let ms = started.elapsed().as_secs_f64() * 1_000.0;
-        let mut seen = self.seen.lock().expect("route metrics lock");
+        let route = &*self.0;
+        let mut seen = route.seen.lock().expect("route metrics lock");
         if let Some((_, h)) = seen.latency.iter().find(|(s, _)| *s == status_code) {
             h.observe(ms);
             return;
         }
-        let labels = LatencyLabels { route: self.labels.clone(), status_code };
-        let h = self.metrics.latency.get_or_create_owned(&labels);
+        let labels = LatencyLabels { route: route.labels.clone(), status_code };
+        let h = route.metrics.latency.get_or_create_owned(&labels);
         h.observe(ms);
         if seen.latency.len() < SEEN_MAX {
             seen.latency.push((status_code, h));
@@ -389,13 +395,14 @@ impl RouteMetrics {
             error.is_none() && status_code != 0 && status_code < 500 && grpc_status.is_none_or(|s| s == 0);
         let class = if success { Class::Success } else { Class::Failure };
         let key = (status_code, grpc_status, class, error);
-        let mut seen = self.seen.lock().expect("route metrics lock");
+        let route = &*self.0;
+        let mut seen = route.seen.lock().expect("route metrics lock");
         if let Some((_, c)) = seen.responses.iter().find(|(k, _)| *k == key) {
             c.inc();
             return;
         }
-        let labels = ResponseLabels { route: self.labels.clone(), status_code, grpc_status, class, error };
-        let c = self.metrics.responses.get_or_create_owned(&labels);
+        let labels = ResponseLabels { route: route.labels.clone(), status_code, grpc_status, class, error };
+        let c = route.metrics.responses.get_or_create_owned(&labels);
         c.inc();
         if seen.responses.len() < SEEN_MAX {
             seen.responses.push((key, c));

@@ -64,17 +64,19 @@ pub struct ObservedBody {
     recorder: Option<Recorder>,
 }
 
-/// Records one response's outcome, once.
+/// Records one response's outcome, once. Kept small (48 bytes): it rides
+/// in every response body, which hyper moves several times per request;
+/// what only some requests have (taps, route series) is boxed.
 pub struct Recorder {
     route: RouteMetrics,
     status: u16,
     grpc: bool,
     grpc_status: Option<u32>,
     /// The taps that took the request, told when the response ends.
-    tapped: Option<crate::tap::Tapped>,
+    tapped: Option<Box<crate::tap::Tapped>>,
     bytes: u64,
     /// A routed request: its route series, recorded when the response ends.
-    route_end: Option<RouteEnd>,
+    route_end: Option<Box<RouteEnd>>,
 }
 
 /// What the route series need when a routed request's response ends.
@@ -92,12 +94,12 @@ impl Recorder {
     }
 
     pub fn routed(mut self, end: RouteEnd) -> Self {
-        self.route_end = Some(end);
+        self.route_end = Some(Box::new(end));
         self
     }
 
     pub fn tapped(mut self, tapped: Option<crate::tap::Tapped>) -> Self {
-        self.tapped = tapped;
+        self.tapped = tapped.map(Box::new);
         self
     }
 
@@ -228,7 +230,8 @@ impl Body for ConnBody {
 pub enum RequestBody {
     Stream(Incoming),
     Empty,
-    Replay(Replay),
+    /// Boxed: most requests stream, and the body is moved with its request.
+    Replay(Box<Replay>),
 }
 
 impl RequestBody {
@@ -241,7 +244,7 @@ impl RequestBody {
         match replay_limit {
             // A body known to be larger than the limit is sent once.
             Some(limit) if body.size_hint().lower() <= limit as u64 => {
-                RequestBody::Replay(Replay::new(body, limit))
+                RequestBody::Replay(Box::new(Replay::new(body, limit)))
             }
             _ => RequestBody::Stream(body),
         }
@@ -256,7 +259,7 @@ impl RequestBody {
         match self {
             RequestBody::Empty => Some(RequestBody::Empty),
             RequestBody::Stream(_) => None,
-            RequestBody::Replay(r) => r.try_clone().map(RequestBody::Replay),
+            RequestBody::Replay(r) => r.try_clone().map(|r| RequestBody::Replay(Box::new(r))),
         }
     }
 }

@@ -106,7 +106,7 @@ impl Connection {
     pub fn send(
         &self,
         req: Request<RequestBody>,
-    ) -> Result<impl Future<Output = Result<Response<H2Body>, ClientError>> + Send + 'static, Box<Refused>>
+    ) -> Result<impl Future<Output = Result<Response<H2Body>, ClientError>> + Send + use<>, Box<Refused>>
     {
         let mut send = self.send.clone();
         // A fresh handle has no stream waiting to open: this only asks

@@ -168,122 +168,133 @@ impl<F: Future<Output = Response<ResponseBody>>> Future for Proxied<F> {
 // === impl Conn ===
 
 impl Conn {
-    async fn proxy(self: Arc<Self>, mut req: Request<Incoming>) -> Response<ResponseBody> {
-        let started = Instant::now();
-        let grpc = is_grpc(&req);
+    /// Not an async fn, whose future would keep the request twice (as the
+    /// argument, and again as the body's local): hyper boxes this future
+    /// for every request.
+    fn proxy(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+    ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
+        async move {
+            let started = Instant::now();
+            let grpc = is_grpc(&req);
 
-        let authority = match request_authority(&req, self.proxy.ingress_mode) {
-            Some(a) => a,
-            None => match self.target {
-                Some(t) => Authority::try_from(t.to_string()).expect("a socket address is an authority"),
-                None => return self.fail(None, ProxyError::NoAuthority, grpc),
-            },
-        };
-        let upgrading = self.proto == Proto::Http1
-            && (req.method() == Method::CONNECT || headers::wants_upgrade(req.headers()));
-        // A meshed peer carried this HTTP/1 request over HTTP/2: it goes
-        // to the application as the HTTP/1 it was.
-        let downgrade = self.proxy.direction == Direction::Inbound
-            && self.proto == Proto::Http2
-            && req.headers_mut().remove(L5D_ORIG_PROTO).is_some();
-        let service = self.service_for(&authority).await;
-        if let Some(service) = service.as_ref().filter(|s| s.router.is_some() && !upgrading) {
-            // Boxed, as are the other rarely taken awaits below: each request's
-            // future is moved whole a few times, and these would make it kilobytes.
-            return Box::pin(self.proxy_routed(req, authority, service.clone(), started, grpc)).await;
-        }
-        let (target, client, picked, upgrade_h2) =
-            match self.endpoint(&authority, service, upgrading, downgrade).await {
-                Ok(endpoint) => endpoint,
-                Err(e) => return self.fail(None, e, grpc),
+            let authority = match request_authority(&req, self.proxy.ingress_mode) {
+                Some(a) => a,
+                None => match self.target {
+                    Some(t) => Authority::try_from(t.to_string()).expect("a socket address is an authority"),
+                    None => return self.fail(None, ProxyError::NoAuthority, grpc),
+                },
             };
-        let route = self.route(&authority, target, picked.as_ref());
-        route.request();
-        let tapped = self.tap(&req, &authority, target, &route);
-        let fail = |error| {
-            let rsp = self.fail(Some(&route), error, grpc);
+            let upgrading = self.proto == Proto::Http1
+                && (req.method() == Method::CONNECT || headers::wants_upgrade(req.headers()));
+            // A meshed peer carried this HTTP/1 request over HTTP/2: it goes
+            // to the application as the HTTP/1 it was.
+            let downgrade = self.proxy.direction == Direction::Inbound
+                && self.proto == Proto::Http2
+                && req.headers_mut().remove(L5D_ORIG_PROTO).is_some();
+            let service = self.service_for(&authority).await;
+            if let Some(service) = service.as_ref().filter(|s| s.router.is_some() && !upgrading) {
+                // Boxed, as are the other rarely taken awaits below: each request's
+                // future is moved whole a few times, and these would make it kilobytes.
+                return Box::pin(self.proxy_routed(req, authority, service.clone(), started, grpc)).await;
+            }
+            let (target, client, picked, upgrade_h2) =
+                match self.endpoint(&authority, service, upgrading, downgrade).await {
+                    Ok(endpoint) => endpoint,
+                    Err(e) => return self.fail(None, e, grpc),
+                };
+            let route = self.route(&authority, target, picked.as_ref());
+            route.request();
+            let tapped = self.tap(&req, &authority, target, &route);
+            let fail = |error| {
+                let rsp = self.fail(Some(&route), error, grpc);
+                if let Some(tapped) = &tapped {
+                    tapped.response(rsp.status().as_u16());
+                }
+                rsp
+            };
+            if is_same_listener(self.proxy.own_addr, target) {
+                return fail(ProxyError::Loop { addr: target });
+            }
+            if let Err(denied) = self.authorize(&req, grpc, target) {
+                return fail(denied);
+            }
+
+            // Prepare the request for the next hop.
+            let keep_upgrade = upgrading && req.method() != Method::CONNECT;
+            headers::strip_hop_by_hop(req.headers_mut(), keep_upgrade);
+            if (self.proto == Proto::Http1 || downgrade) && !req.headers().contains_key(HOST) {
+                if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                    req.headers_mut().insert(HOST, host);
+                }
+            }
+            if self.proxy.direction == Direction::Inbound {
+                // Only this proxy says who the client is.
+                req.headers_mut().remove(L5D_CLIENT_ID);
+                if let Tls::Mesh(Some(id)) = &self.tls {
+                    if let Ok(id) = HeaderValue::from_str(id) {
+                        req.headers_mut().insert(L5D_CLIENT_ID, id);
+                    }
+                }
+            }
+            let orig_version = req.version();
+            if downgrade {
+                *req.version_mut() = http::Version::HTTP_11;
+            }
+            if upgrade_h2 {
+                let orig = if orig_version == http::Version::HTTP_10 { "HTTP/1.0" } else { "HTTP/1.1" };
+                req.headers_mut().insert(L5D_ORIG_PROTO, HeaderValue::from_static(orig));
+                *req.version_mut() = http::Version::HTTP_2;
+            }
+            // HTTP/2 carries the authority in the URI; HTTP/1 writes the
+            // request target as the client sent it (the client puts it in
+            // origin form), so it is not made absolute only to be cut back.
+            if client.proto() == Proto::Http2 {
+                *req.uri_mut() = absolute_uri(req.uri(), &authority);
+            }
+            let downstream_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
+
+            // Boxed: the client's future is most of this one's size, and
+            // keeping the future hyper boxes per request under ~1 KiB keeps
+            // both allocations in the allocator's per-thread cache.
+            let sent = Box::pin(client.request(req.map(|b| RequestBody::new(b, None))));
+            let mut rsp = match sent.await {
+                Ok(rsp) => rsp,
+                Err(e) => return fail(ProxyError::from_client(e)),
+            };
             if let Some(tapped) = &tapped {
                 tapped.response(rsp.status().as_u16());
             }
-            rsp
-        };
-        if is_same_listener(self.proxy.own_addr, target) {
-            return fail(ProxyError::Loop { addr: target });
-        }
-        if let Err(denied) = self.authorize(&req, grpc, target) {
-            return fail(denied);
-        }
-
-        // Prepare the request for the next hop.
-        let keep_upgrade = upgrading && req.method() != Method::CONNECT;
-        headers::strip_hop_by_hop(req.headers_mut(), keep_upgrade);
-        if (self.proto == Proto::Http1 || downgrade) && !req.headers().contains_key(HOST) {
-            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                req.headers_mut().insert(HOST, host);
+            if upgrade_h2 {
+                rsp.headers_mut().remove(L5D_ORIG_PROTO);
+                *rsp.version_mut() = orig_version;
             }
-        }
-        if self.proxy.direction == Direction::Inbound {
-            // Only this proxy says who the client is.
-            req.headers_mut().remove(L5D_CLIENT_ID);
-            if let Tls::Mesh(Some(id)) = &self.tls {
-                if let Ok(id) = HeaderValue::from_str(id) {
-                    req.headers_mut().insert(L5D_CLIENT_ID, id);
+            if downgrade {
+                rsp.headers_mut().insert(L5D_ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+            }
+            let status = rsp.status();
+            route.response_headers(status.as_u16(), started);
+            if let Some(picked) = picked {
+                picked.responded();
+            }
+
+            let switched = status == StatusCode::SWITCHING_PROTOCOLS || (upgrading && status.is_success());
+            // Upgrades go to HTTP/1 upstreams only, whose connection leaves
+            // hyper's handle for the upgraded stream in the response.
+            if let (Some(downstream), true) = (downstream_upgrade, switched) {
+                if let Some(upstream) = rsp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() {
+                    self.proxy.drain.spawn(tunnel(downstream, upstream));
                 }
             }
-        }
-        let orig_version = req.version();
-        if downgrade {
-            *req.version_mut() = http::Version::HTTP_11;
-        }
-        if upgrade_h2 {
-            let orig = if orig_version == http::Version::HTTP_10 { "HTTP/1.0" } else { "HTTP/1.1" };
-            req.headers_mut().insert(L5D_ORIG_PROTO, HeaderValue::from_static(orig));
-            *req.version_mut() = http::Version::HTTP_2;
-        }
-        // HTTP/2 carries the authority in the URI; HTTP/1 writes the
-        // request target as the client sent it (the client puts it in
-        // origin form), so it is not made absolute only to be cut back.
-        if client.proto() == Proto::Http2 {
-            *req.uri_mut() = absolute_uri(req.uri(), &authority);
-        }
-        let downstream_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
+            headers::strip_hop_by_hop(
+                rsp.headers_mut(),
+                switched && status == StatusCode::SWITCHING_PROTOCOLS,
+            );
 
-        // Boxed: the client's future is most of this one's size, and
-        // keeping the future hyper boxes per request under ~1 KiB keeps
-        // both allocations in the allocator's per-thread cache.
-        let sent = Box::pin(client.request(req.map(|b| RequestBody::new(b, None))));
-        let mut rsp = match sent.await {
-            Ok(rsp) => rsp,
-            Err(e) => return fail(ProxyError::from_client(e)),
-        };
-        if let Some(tapped) = &tapped {
-            tapped.response(rsp.status().as_u16());
+            let recorder = Recorder::new(route, status.as_u16(), grpc, rsp.headers()).tapped(tapped);
+            rsp.map(|body| Either::Left(ObservedBody::new(body, recorder)))
         }
-        if upgrade_h2 {
-            rsp.headers_mut().remove(L5D_ORIG_PROTO);
-            *rsp.version_mut() = orig_version;
-        }
-        if downgrade {
-            rsp.headers_mut().insert(L5D_ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
-        }
-        let status = rsp.status();
-        route.response_headers(status.as_u16(), started);
-        if let Some(picked) = picked {
-            picked.responded();
-        }
-
-        let switched = status == StatusCode::SWITCHING_PROTOCOLS || (upgrading && status.is_success());
-        // Upgrades go to HTTP/1 upstreams only, whose connection leaves
-        // hyper's handle for the upgraded stream in the response.
-        if let (Some(downstream), true) = (downstream_upgrade, switched) {
-            if let Some(upstream) = rsp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() {
-                self.proxy.drain.spawn(tunnel(downstream, upstream));
-            }
-        }
-        headers::strip_hop_by_hop(rsp.headers_mut(), switched && status == StatusCode::SWITCHING_PROTOCOLS);
-
-        let recorder = Recorder::new(route, status.as_u16(), grpc, rsp.headers()).tapped(tapped);
-        rsp.map(|body| Either::Left(ObservedBody::new(body, recorder)))
     }
 
     /// Where this request goes: an endpoint of the connection's service
@@ -558,5 +569,25 @@ mod tests {
         assert!(is_same_listener(own, "127.0.0.1:4143".parse().unwrap()));
         assert!(!is_same_listener(own, "127.0.0.1:8080".parse().unwrap()));
         assert!(!is_same_listener(own, "10.0.0.2:4143".parse().unwrap()));
+    }
+}
+
+/// The per-request values that hyper and the proxy move several times per
+/// request stay small: every byte here is copied a few times per request.
+/// A change that grows them should be a choice, made knowing the cost.
+#[cfg(all(test, target_pointer_width = "64"))]
+mod sizes {
+    use std::mem::size_of;
+
+    #[test]
+    fn moved_per_request_values_stay_small() {
+        assert!(size_of::<super::body::Recorder>() <= 48, "Recorder: {}", size_of::<super::body::Recorder>());
+        assert!(
+            size_of::<super::body::RequestBody>() <= 40,
+            "RequestBody: {}",
+            size_of::<super::body::RequestBody>()
+        );
+        let rsp = size_of::<http::Response<super::body::ConnBody>>();
+        assert!(rsp <= 224, "a response as hyper writes it: {rsp} bytes");
     }
 }
