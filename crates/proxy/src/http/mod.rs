@@ -171,6 +171,7 @@ impl Conn {
     /// Not an async fn, whose future would keep the request twice (as the
     /// argument, and again as the body's local): hyper boxes this future
     /// for every request.
+    #[allow(clippy::manual_async_fn, reason = "an async fn's future keeps its arguments twice")]
     fn proxy(
         self: Arc<Self>,
         mut req: Request<Incoming>,
