@@ -265,8 +265,8 @@ impl HttpClient {
     /// request), the request goes to it now, and the future only waits for
     /// the response. It then holds hyper's or h2's handle and nothing of
     /// the request (about 300 bytes rather than 800 for an async block,
-    /// which keeps the request it gave away), and the proxy boxes and moves
-    /// it with every request.
+    /// which keeps the request it gave away) inside the proxy's future,
+    /// which hyper boxes and moves with every request.
     pub fn request(
         &self,
         mut req: Request<RequestBody>,
