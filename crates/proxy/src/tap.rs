@@ -67,8 +67,8 @@ pub struct RequestInfo<'a> {
 pub struct Tapped {
     taps: Vec<(Arc<OneTap>, u64)>,
     started: Instant,
-    /// Boxed: a tapped request is rare, and every response's body carries
-    /// an `Option<Tapped>` that hyper moves a few times per request.
+    /// Boxed: a tapped request is rare, and every request's future holds
+    /// an `Option<Tapped>` across the wait for its response.
     base: Box<TapEvent>,
 }
 
