@@ -266,7 +266,7 @@ impl HttpClient {
     /// the response. It then holds hyper's or h2's handle and nothing of
     /// the request (about 300 bytes rather than 800 for an async block,
     /// which keeps the request it gave away) inside the proxy's future,
-    /// which hyper boxes and moves with every request.
+    /// which the connection's service boxes, and hyper moves, per request.
     pub fn request(
         &self,
         mut req: Request<RequestBody>,
@@ -279,33 +279,25 @@ impl HttpClient {
                     let again = if idle >= H1_RESEND_IDLE { resendable(&req) } else { None };
                     let sent = sender.send_request(req);
                     pool.h1_put(sender);
-                    return Sending::Http1 { sent, again, pool: pool.clone() };
+                    let again = again.map(|req| (req, pool.clone()));
+                    return Sending::Http1 { sent, again };
                 }
                 // Boxed: connecting (and its TLS handshake) is the rare case.
-                let pool = pool.clone();
-                Sending::Other { other: Box::pin(async move { pool.h1_send_new(req).await }) }
+                Sending::Other { other: Box::pin(pool.clone().h1_send_new(req)) }
             }
             Proto::Http1 => Sending::Other { other: Box::pin(std::future::ready(Err(ClientError::Version))) },
             Proto::Http2 => {
                 let Some(connection) = pool.h2_shared() else {
-                    let pool = pool.clone();
-                    return Sending::Other { other: Box::pin(async move { pool.h2_send_new(req).await }) };
+                    return Sending::Other { other: Box::pin(pool.clone().h2_send_new(req)) };
                 };
                 match connection.send(req) {
                     Ok(response) => Sending::Http2 { response },
-                    Err(refused) => {
-                        let pool = pool.clone();
-                        Sending::Other {
-                            other: Box::pin(async move {
-                                match *refused {
-                                    // The connection had gone away with nothing of the
-                                    // request written: it goes once on a new one.
-                                    (_, Some(req)) => pool.h2_send_new(req).await,
-                                    (error, None) => Err(error),
-                                }
-                            }),
-                        }
-                    }
+                    Err(refused) => match *refused {
+                        // The connection had gone away with nothing of the
+                        // request written: it goes once on a new one.
+                        (_, Some(req)) => Sending::Other { other: Box::pin(pool.clone().h2_send_new(req)) },
+                        (error, None) => Sending::Other { other: Box::pin(std::future::ready(Err(error))) },
+                    },
                 }
             }
         }
@@ -324,10 +316,10 @@ pin_project_lite::pin_project! {
         Http1 {
             #[pin]
             sent: H1,
-            // A copy to send again on a new connection if this one, idle
-            // a while, turns out to have closed under the request.
-            again: Option<Box<Request<RequestBody>>>,
-            pool: Arc<Pool>,
+            // A copy to send again on a new connection of the pool if
+            // this one, idle a while, turns out to have closed under the
+            // request.
+            again: Option<(Box<Request<RequestBody>>, Arc<Pool>)>,
         },
         Http2 {
             #[pin]
@@ -349,17 +341,16 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let resend = match self.as_mut().project() {
-                SendingProj::Http1 { sent, again, pool } => {
+                SendingProj::Http1 { sent, again } => {
                     let error = match std::task::ready!(sent.poll(cx)) {
                         Ok(rsp) => return Poll::Ready(Ok(rsp.map(UpstreamBody::Http1))),
                         Err(error) => error,
                     };
                     match again.take() {
-                        Some(again) if closed_under_request(&error) => {
+                        Some((again, pool)) if closed_under_request(&error) => {
                             let addr = pool.connector.addr;
                             tracing::debug!(%addr, %error, "an idle connection closed under a request; sending it on a new one");
-                            let pool = pool.clone();
-                            Box::pin(async move { pool.h1_send_new(*again).await })
+                            Box::pin(pool.h1_send_new(*again))
                         }
                         _ => return Poll::Ready(Err(error.into())),
                     }
@@ -379,7 +370,7 @@ where
 impl Pool {
     /// Sends `req` on a new HTTP/1 connection, which then joins the pool.
     async fn h1_send_new(
-        self: &Arc<Self>,
+        self: Arc<Self>,
         req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, ClientError> {
         let mut sender = self.h1_connect().await?;
@@ -391,7 +382,7 @@ impl Pool {
     /// Sends `req` on a new HTTP/2 connection: the shared one went away
     /// before it took the request.
     async fn h2_send_new(
-        self: &Arc<Self>,
+        self: Arc<Self>,
         req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, ClientError> {
         let connection = self.h2_connect().await?;

@@ -169,8 +169,8 @@ impl<F: Future<Output = Response<ResponseBody>>> Future for Proxied<F> {
 
 impl Conn {
     /// Not an async fn, whose future would keep the request twice (as the
-    /// argument, and again as the body's local): hyper boxes this future
-    /// for every request.
+    /// argument, and again as the body's local): `ConnService` boxes this
+    /// future for every request.
     #[allow(clippy::manual_async_fn, reason = "an async fn's future keeps its arguments twice")]
     fn proxy(
         self: Arc<Self>,
@@ -258,7 +258,7 @@ impl Conn {
 
             // Not boxed: the client's future is small (it holds no request),
             // and with it this one stays under ~1 KiB, which the allocator
-            // serves from its per-thread cache when hyper boxes it.
+            // serves from its per-thread cache when `ConnService` boxes it.
             let mut rsp = match client.request(req.map(|b| RequestBody::new(b, None))).await {
                 Ok(rsp) => rsp,
                 Err(e) => return fail(ProxyError::from_client(e)),
