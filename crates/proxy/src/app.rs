@@ -7,7 +7,7 @@ use crate::{
     detect::{self, Detected, Protocol},
     discovery::{Discovery, Resolution, ServiceRoute, TargetKey},
     drain::Drain,
-    http::{ConnService, HttpProxy, client::Clients, client::Proto, head_timeout::HeadTimeout},
+    http::{ConnService, HttpProxy, client::Clients, client::Proto, h2, head_timeout::HeadTimeout},
     identity::Identity,
     io::{self, MeteredIo, PrefixedIo},
     metrics::{AuthzLabels, Direction, Metrics, Peer, TcpLabels, Tls},
@@ -563,7 +563,8 @@ impl Listener {
                     .timer(TokioTimer::new())
                     .keep_alive_interval(Some(Duration::from_secs(10)))
                     .keep_alive_timeout(Duration::from_secs(3))
-                    .adaptive_window(true)
+                    .initial_stream_window_size(h2::STREAM_WINDOW)
+                    .initial_connection_window_size(h2::CONNECTION_WINDOW)
                     .serve_connection(io, svc);
                 let mut conn = std::pin::pin!(conn);
                 tokio::select! {

@@ -153,6 +153,11 @@ impl ProxyProcess {
         proc_status_kib(self.child.id(), "VmHWM:")
     }
 
+    /// Resident memory now (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.child.id(), "VmRSS:")
+    }
+
     /// CPU time (user + system) used so far, to the nanosecond where the
     /// kernel keeps schedstats.
     pub fn cpu_time(&self) -> Duration {

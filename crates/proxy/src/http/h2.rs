@@ -27,11 +27,15 @@ use std::{
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
-/// Flow-control windows offered to the upstream: enough for a few
-/// gigabits per second per stream at a millisecond's round trip, while a
-/// slow reader can make an upstream buffer no more than this per stream.
-const STREAM_WINDOW: u32 = 512 * 1024;
-const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
+/// Flow-control windows weft offers on every HTTP/2 connection, to its
+/// upstreams here and to its clients in the inbound and outbound servers:
+/// enough for a few gigabits per second per stream at a millisecond's
+/// round trip, while what a peer may send ahead of a slow reader, and so
+/// what the proxy holds for it, is at most this per stream and per
+/// connection. (hyper's adaptive window would grow to 16 MiB for a fast
+/// sender, and keep that much of a slow reader's upload in the proxy.)
+pub const STREAM_WINDOW: u32 = 512 * 1024;
+pub const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
 /// The largest response header block taken (hyper's default).
 const MAX_HEADER_LIST: u32 = 16 * 1024;
 /// A PING goes out this often, and a connection whose peer does not answer

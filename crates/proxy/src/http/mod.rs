@@ -5,7 +5,7 @@
 mod body;
 pub mod client;
 pub mod error;
-mod h2;
+pub(crate) mod h2;
 pub mod head_timeout;
 pub mod headers;
 mod routed;
