@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::{
     future::Future,
     net::SocketAddr,
+    pin::Pin,
     sync::{Arc, atomic::AtomicBool},
     time::Duration,
 };
@@ -279,6 +280,9 @@ impl Proxy {
     }
 }
 
+/// What serves HTTP on one connection, once it is known to be HTTP.
+type HttpPhase<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
 // === impl Listener ===
 
 impl Listener {
@@ -291,7 +295,20 @@ impl Listener {
             match accepted {
                 Ok((sock, client)) => {
                     let this = self.clone();
-                    self.drain.spawn(async move { this.serve(sock, client).await });
+                    self.drain.spawn(async move {
+                        // Two futures, each boxed and polled through its
+                        // vtable: detection, TLS and the opaque paths in
+                        // the first, HTTP in the second, which this task
+                        // then polls itself. So no poll of an HTTP
+                        // connection passes through the first's stack
+                        // frame (10 KiB, for TLS and detection), and the
+                        // HTTP/1 one holds only HTTP/1.
+                        let accepted: Pin<Box<dyn Future<Output = Option<HttpPhase<'_>>> + Send + '_>> =
+                            Box::pin(this.serve(sock, client));
+                        if let Some(http) = accepted.await {
+                            http.await;
+                        }
+                    });
                 }
                 Err(error) => {
                     // Out of file descriptors, most likely: don't spin.
@@ -302,7 +319,9 @@ impl Listener {
         }
     }
 
-    async fn serve(&self, mut sock: TcpStream, client: SocketAddr) {
+    /// Serves a connection, up to HTTP: what serves HTTP on it is given
+    /// back, for the connection's task to run.
+    async fn serve(&self, mut sock: TcpStream, client: SocketAddr) -> Option<HttpPhase<'_>> {
         let _ = sock.set_nodelay(true);
         let target = io::orig_dst(&sock).or(self.forward);
         let plain = match self.direction {
@@ -333,18 +352,18 @@ impl Listener {
             self.config.opaque_ports.contains(t.port()) || service.as_ref().is_some_and(|s| s.opaque)
         };
         if let Some(target) = target.filter(opaque).filter(|_| !requires_identity) {
-            if !self.authorize_tcp(&inbound, &plain) {
-                return;
+            if self.authorize_tcp(&inbound, &plain) {
+                let sock = self.metered(tcp::no_prefix(sock), target, plain.clone());
+                self.forward_opaque(sock, target, plain, service.as_deref()).await;
             }
-            let sock = self.metered(tcp::no_prefix(sock), target, plain.clone());
-            return self.forward_opaque(sock, target, plain, service.as_deref()).await;
+            return None;
         }
 
         let (detected, mut prefix) = match detect::detect(&mut sock, self.config.detect_timeout).await {
             Ok(d) => d,
             Err(error) => {
                 tracing::debug!(%client, %error, "connection failed during detection");
-                return;
+                return None;
             }
         };
         // A ClientHello for this proxy's own name is mesh TLS to terminate;
@@ -358,7 +377,7 @@ impl Listener {
         }
         if requires_identity {
             tracing::info!(%client, port = target.unwrap_or(local).port(), "refused a client without a mesh identity");
-            return;
+            return None;
         }
         let io = self.metered(PrefixedIo::new(prefix.freeze(), sock), target.unwrap_or(local), plain.clone());
         self.serve_detected(io, detected, &inbound, target, service, plain).await
@@ -373,31 +392,31 @@ impl Listener {
         target: Option<SocketAddr>,
         inbound: &Inbound,
         requires_identity: bool,
-    ) {
+    ) -> Option<HttpPhase<'_>> {
         let client = inbound.client;
         let handshake = tokio_rustls::TlsAcceptor::from(identity.server_tls.clone()).accept(io);
         let mut stream = match tokio::time::timeout(self.config.detect_timeout, handshake).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => {
                 tracing::info!(%client, %error, "mesh TLS handshake failed");
-                return;
+                return None;
             }
             Err(_) => {
                 tracing::info!(%client, "mesh TLS handshake timed out");
-                return;
+                return None;
             }
         };
         let client_id = weft_identity::tls::peer_identity(stream.get_ref().1.peer_certificates());
         if requires_identity && client_id.is_none() {
             tracing::info!(%client, "refused a TLS client that presented no mesh identity");
-            return;
+            return None;
         }
         let tls = Tls::Mesh(client_id.map(Arc::from));
         let (detected, prefix) = match detect::detect(&mut stream, self.config.detect_timeout).await {
             Ok(d) => d,
             Err(error) => {
                 tracing::debug!(%client, %error, "connection failed during detection");
-                return;
+                return None;
             }
         };
         let io = self.metered(PrefixedIo::new(prefix.freeze(), stream), inbound.target, tls.clone());
@@ -434,6 +453,8 @@ impl Listener {
         }
     }
 
+    /// Serves a detected connection: what serves it as HTTP is given back
+    /// (not run here); anything else is forwarded here.
     async fn serve_detected<I>(
         &self,
         io: MeteredIo<I>,
@@ -442,16 +463,17 @@ impl Listener {
         target: Option<SocketAddr>,
         service: Option<Arc<ServiceRoute>>,
         tls: Tls,
-    ) where
+    ) -> Option<HttpPhase<'_>>
+    where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let client = inbound.client;
         match detected {
             Detected::Protocol(Protocol::Http1) => {
-                self.serve_http(io, Proto::Http1, target, service, tls, inbound).await
+                return Some(self.serve_http(io, Proto::Http1, target, service, tls, inbound));
             }
             Detected::Protocol(Protocol::H2) => {
-                self.serve_http(io, Proto::Http2, target, service, tls, inbound).await
+                return Some(self.serve_http(io, Proto::Http2, target, service, tls, inbound));
             }
             Detected::Protocol(Protocol::Tls) => {
                 // The application's own TLS: its client is not known to
@@ -473,6 +495,7 @@ impl Listener {
             },
             Detected::Empty => {}
         }
+        None
     }
 
     fn metered<I>(&self, io: I, target: SocketAddr, tls: Tls) -> MeteredIo<I> {
@@ -515,7 +538,9 @@ impl Listener {
         drop(picked);
     }
 
-    async fn serve_http<I>(
+    /// What serves HTTP on a connection: a future of its own for each
+    /// version, boxed (see `accept_loop`).
+    fn serve_http<I>(
         &self,
         io: MeteredIo<I>,
         proto: Proto,
@@ -523,60 +548,76 @@ impl Listener {
         service: Option<Arc<ServiceRoute>>,
         tls: Tls,
         inbound: &Inbound,
-    ) where
+    ) -> HttpPhase<'_>
+    where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let authz = inbound.policy.clone().map(|policy| (policy, inbound.client.ip()));
         let svc = ConnService::new(self.http.clone(), proto, target, service, tls, authz, inbound.client);
         let io = TokioIo::new(io);
-        let result = match proto {
-            Proto::Http1 => {
-                // weft's own header read timeout, not hyper's (see head_timeout.rs).
-                let head_timeout = HeadTimeout::new(self.config.header_read_timeout);
-                let svc = svc.with_activity(head_timeout.as_ref().map(HeadTimeout::activity));
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .header_read_timeout(None)
-                    .serve_connection(io, svc)
-                    .with_upgrades();
-                let mut conn = std::pin::pin!(conn);
-                let expired = async {
-                    match &head_timeout {
-                        Some(timeout) => timeout.expired().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    biased;
-                    res = conn.as_mut() => res,
-                    () = self.drain.signaled() => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                    () = expired => {
-                        tracing::debug!(direction = ?self.direction, "no request head within the header read timeout; closing");
-                        Ok(())
-                    }
-                }
-            }
-            Proto::Http2 => {
-                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .keep_alive_interval(Some(Duration::from_secs(10)))
-                    .keep_alive_timeout(Duration::from_secs(3))
-                    .initial_stream_window_size(h2::STREAM_WINDOW)
-                    .initial_connection_window_size(h2::CONNECTION_WINDOW)
-                    .serve_connection(io, svc);
-                let mut conn = std::pin::pin!(conn);
-                tokio::select! {
-                    biased;
-                    res = conn.as_mut() => res,
-                    () = self.drain.signaled() => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                }
+        match proto {
+            Proto::Http1 => Box::pin(self.serve_http1(io, svc)),
+            Proto::Http2 => Box::pin(self.serve_http2(io, svc)),
+        }
+    }
+
+    async fn serve_http1<I>(&self, io: TokioIo<MeteredIo<I>>, svc: ConnService)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        // weft's own header read timeout, not hyper's (see head_timeout.rs).
+        let head_timeout = HeadTimeout::new(self.config.header_read_timeout);
+        let svc = svc.with_activity(head_timeout.as_ref().map(HeadTimeout::activity));
+        let conn = hyper::server::conn::http1::Builder::new()
+            .header_read_timeout(None)
+            .serve_connection(io, svc)
+            .with_upgrades();
+        let mut conn = std::pin::pin!(conn);
+        let expired = async {
+            match &head_timeout {
+                Some(timeout) => timeout.expired().await,
+                None => std::future::pending().await,
             }
         };
+        let result = tokio::select! {
+            biased;
+            res = conn.as_mut() => res,
+            () = self.drain.signaled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+            () = expired => {
+                tracing::debug!(direction = ?self.direction, "no request head within the header read timeout; closing");
+                Ok(())
+            }
+        };
+        self.http_closed(result);
+    }
+
+    async fn serve_http2<I>(&self, io: TokioIo<MeteredIo<I>>, svc: ConnService)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(10)))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .initial_stream_window_size(h2::STREAM_WINDOW)
+            .initial_connection_window_size(h2::CONNECTION_WINDOW)
+            .serve_connection(io, svc);
+        let mut conn = std::pin::pin!(conn);
+        let result = tokio::select! {
+            biased;
+            res = conn.as_mut() => res,
+            () = self.drain.signaled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        self.http_closed(result);
+    }
+
+    fn http_closed(&self, result: Result<(), hyper::Error>) {
         if let Err(error) = result {
             let source = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
             tracing::debug!(direction = ?self.direction, %error, %source, "HTTP connection closed with an error");
