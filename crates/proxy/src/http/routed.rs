@@ -28,7 +28,7 @@ use http::{
 };
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 use tower::retry::budget::Budget;
 
 /// A request's head, kept to send it again.
@@ -52,179 +52,211 @@ struct Answered {
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Conn {
-    pub(super) async fn proxy_routed(
+    /// Not an async fn: an async block keeps its captured request once,
+    /// where an async fn's future keeps the argument and a copy. The
+    /// future is boxed per request (see `Conn::proxy`), so its size is
+    /// memory touched per request.
+    #[allow(clippy::manual_async_fn, reason = "an async fn's future keeps its arguments twice")]
+    pub(super) fn proxy_routed(
         &self,
         mut req: Request<Incoming>,
         mut authority: Authority,
         service: Arc<ServiceRoute>,
         started: std::time::Instant,
         grpc: bool,
-    ) -> Response<ResponseBody> {
-        let router = service.router.as_ref().expect("a routed service has a router");
-        let Some(selected) = router.select(&req, grpc) else {
-            return self.fail(None, ProxyError::NoOutboundRoute { service: service.name.clone() }, grpc);
-        };
-        let rule = selected.rule;
-        let prefix = selected.prefix();
-        let series = rule.series(grpc, &self.proxy.metrics.routes);
-
-        // Filters that answer in place of a backend.
-        if let Some(redirect) = &rule.redirect {
-            let rsp = redirect_response(redirect, &req, &authority, prefix);
-            series.request(Some(rsp.status().as_u16()), None, started.elapsed(), 0);
-            return rsp;
-        }
-        if let Some(abort) = rule.abort.as_ref().filter(|a| a.ratio.hit()) {
-            // An HTTP route's status becomes a gRPC code for gRPC clients.
-            let (status, as_grpc) = match (abort.grpc, grpc) {
-                (true, _) => (abort.status, true),
-                (false, true) => (grpc_code_for(abort.status), true),
-                (false, false) => (abort.status, false),
+    ) -> impl Future<Output = Response<ResponseBody>> + Send + '_ {
+        async move {
+            let router = service.router.as_ref().expect("a routed service has a router");
+            let Some(selected) = router.select(&req, grpc) else {
+                return self.fail(None, ProxyError::NoOutboundRoute { service: service.name.clone() }, grpc);
             };
-            let rsp = injected(status, as_grpc, &abort.message);
-            let status = if as_grpc { status } else { rsp.status().as_u16() };
-            series.request(Some(status), None, started.elapsed(), 0);
-            return rsp;
-        }
-        if let Some((ratio, delay)) = rule.delay {
-            if ratio.hit() {
-                tokio::time::sleep(delay).await;
-            }
-        }
-        if let Some(modifier) = &rule.request_headers {
-            modifier.apply(req.headers_mut());
-        }
-        if let Some(rewrite) = &rule.rewrite {
-            if let Some(host) = &rewrite.host {
-                let with_port = match authority.port_u16() {
-                    Some(port) => format!("{host}:{port}"),
-                    None => host.clone(),
-                };
-                if let Ok(a) = Authority::try_from(with_port) {
-                    authority = a;
-                    req.headers_mut().remove(HOST);
-                }
-            }
-            if let Some(path) = &rewrite.path {
-                let new = path.apply(req.uri().path(), prefix);
-                let pq = match req.uri().query() {
-                    Some(q) => format!("{new}?{q}"),
-                    None => new,
-                };
-                if let Ok(uri) = Uri::builder().path_and_query(pq).build() {
-                    *req.uri_mut() = uri;
-                }
-            }
-        }
+            let rule = selected.rule;
+            let prefix = selected.prefix();
+            let series = rule.series(grpc, &self.proxy.metrics.routes);
 
-        // The request as every attempt sends it.
+            // Filters that answer in place of a backend.
+            if let Some(redirect) = &rule.redirect {
+                let rsp = redirect_response(redirect, &req, &authority, prefix);
+                series.request(Some(rsp.status().as_u16()), None, started.elapsed(), 0);
+                return rsp;
+            }
+            if let Some(abort) = rule.abort.as_ref().filter(|a| a.ratio.hit()) {
+                // An HTTP route's status becomes a gRPC code for gRPC clients.
+                let (status, as_grpc) = match (abort.grpc, grpc) {
+                    (true, _) => (abort.status, true),
+                    (false, true) => (grpc_code_for(abort.status), true),
+                    (false, false) => (abort.status, false),
+                };
+                let rsp = injected(status, as_grpc, &abort.message);
+                let status = if as_grpc { status } else { rsp.status().as_u16() };
+                series.request(Some(status), None, started.elapsed(), 0);
+                return rsp;
+            }
+            if let Some((ratio, delay)) = rule.delay {
+                if ratio.hit() {
+                    tokio::time::sleep(delay).await;
+                }
+            }
+            if let Some(modifier) = &rule.request_headers {
+                modifier.apply(req.headers_mut());
+            }
+            if let Some(rewrite) = &rule.rewrite {
+                if let Some(host) = &rewrite.host {
+                    let with_port = match authority.port_u16() {
+                        Some(port) => format!("{host}:{port}"),
+                        None => host.clone(),
+                    };
+                    if let Ok(a) = Authority::try_from(with_port) {
+                        authority = a;
+                        req.headers_mut().remove(HOST);
+                    }
+                }
+                if let Some(path) = &rewrite.path {
+                    let new = path.apply(req.uri().path(), prefix);
+                    let pq = match req.uri().query() {
+                        Some(q) => format!("{new}?{q}"),
+                        None => new,
+                    };
+                    if let Ok(uri) = Uri::builder().path_and_query(pq).build() {
+                        *req.uri_mut() = uri;
+                    }
+                }
+            }
+
+            let (mut head, body) = self.head(req, &authority);
+            let replay_limit = match &rule.retry {
+                Some(retry) => Some(retry.max_request_bytes),
+                None if !rule.mirrors.is_empty() => Some(crate::traffic::MIRROR_MAX_BYTES),
+                None => None,
+            };
+            let mut body = Some(RequestBody::new(body, replay_limit));
+
+            // The budget counts the requests that may be retried.
+            if rule.retry.is_some() {
+                router.budget.deposit();
+            }
+            let mut attempts = 0u32;
+            let outcome = match rule.timeouts.request {
+                // One attempt, with no deadline over it: awaited here. Retries
+                // and a request timeout take the loop, boxed, so that the
+                // common case's future (boxed per request) is not kilobytes.
+                None if rule.retry.is_none() => {
+                    attempts = 1;
+                    let this_body = first_body(&mut body);
+                    self.attempt(&service, rule, series, &mut head, this_body, grpc).await
+                }
+                None => {
+                    Box::pin(self.retrying(&service, rule, series, &mut head, &mut body, &mut attempts, grpc))
+                        .await
+                }
+                Some(timeout) => match Box::pin(tokio::time::timeout(
+                    timeout,
+                    self.retrying(&service, rule, series, &mut head, &mut body, &mut attempts, grpc),
+                ))
+                .await
+                {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(ProxyError::RequestTimeout { timeout }),
+                },
+            };
+
+            let answered = match outcome {
+                Ok(answered) => answered,
+                Err(error) => {
+                    let status =
+                        if grpc { Some(error.grpc_code() as u16) } else { Some(error.status().as_u16()) };
+                    series.request(status, Some(error.route_label()), started.elapsed(), attempts);
+                    let target = self.target.unwrap_or_else(|| ([0, 0, 0, 0], 0).into());
+                    let metrics = self.route(&authority, target, None);
+                    metrics.request();
+                    return self.fail(Some(&metrics), error, grpc);
+                }
+            };
+
+            // Mirrors get a copy once the request has been sent.
+            for (backend, ratio) in &rule.mirrors {
+                if !ratio.hit() {
+                    continue;
+                }
+                if let Some(copy) = body.as_ref().and_then(RequestBody::try_clone) {
+                    let req = request(&mut head, copy, false, false);
+                    tokio::spawn(mirror(self.proxy.clone(), backend.clone(), req));
+                }
+            }
+
+            let Answered { rsp, picked, upgraded } = answered;
+            let metrics = self.route(&authority, picked.addr(), Some(&picked));
+            metrics.request();
+            let tapped = self.tap_head(&head.method, head.uri.path(), &authority, picked.addr(), &metrics);
+            if let Some(tapped) = &tapped {
+                tapped.response(rsp.status().as_u16());
+            }
+            self.respond(rsp, upgraded, head.version, rule, series, started, attempts, metrics, tapped, grpc)
+        }
+    }
+
+    /// Sends attempts until one's answer is final for the rule's retry
+    /// policy, or retries run out (their limit, the service's budget, or a
+    /// body that cannot be sent again). `attempts` counts them.
+    #[allow(clippy::too_many_arguments)]
+    async fn retrying(
+        &self,
+        service: &ServiceRoute,
+        rule: &Rule,
+        series: &RuleSeries,
+        head: &mut Head,
+        body: &mut Option<RequestBody>,
+        attempts: &mut u32,
+        grpc: bool,
+    ) -> Result<Answered, ProxyError> {
+        let budget = &service.router.as_ref().expect("a routed service has a router").budget;
+        let mut this_body = first_body(body);
+        loop {
+            *attempts += 1;
+            let outcome = self.attempt(service, rule, series, head, this_body, grpc).await;
+            let Some(retry) = &rule.retry else { return outcome };
+            let wants_retry = match &outcome {
+                Ok(a) => retry.retries(a.rsp.status(), grpc_status(a.rsp.headers())),
+                Err(e) => e.retryable(),
+            };
+            if !wants_retry {
+                if *attempts > 1 && outcome.as_ref().is_ok_and(|a| succeeded(&a.rsp, grpc)) {
+                    series.retry(RetryOutcome::Succeeded);
+                }
+                return outcome;
+            }
+            if *attempts > retry.max_retries {
+                series.retry(RetryOutcome::LimitExceeded);
+                return outcome;
+            }
+            // Only with a body to send again (this copy, made now, is the
+            // one sent), and within the budget.
+            let Some(next) = body.as_ref().and_then(RequestBody::try_clone) else {
+                series.retry(RetryOutcome::Overflow);
+                return outcome;
+            };
+            if !budget.withdraw() {
+                series.retry(RetryOutcome::Overflow);
+                return outcome;
+            }
+            series.retry(RetryOutcome::Retried);
+            drop(outcome);
+            this_body = next;
+            tokio::time::sleep(retry.backoff(*attempts)).await;
+        }
+    }
+
+    /// The request as every attempt sends it: its head, and its body.
+    fn head(&self, mut req: Request<Incoming>, authority: &Authority) -> (Head, Incoming) {
         headers::strip_hop_by_hop(req.headers_mut(), false);
         if self.proto == Proto::Http1 && !req.headers().contains_key(HOST) {
             if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
                 req.headers_mut().insert(HOST, host);
             }
         }
-        *req.uri_mut() = absolute_uri(req.uri(), &authority);
+        *req.uri_mut() = absolute_uri(req.uri(), authority);
         let (parts, body) = req.into_parts();
-        let mut head =
-            Head { method: parts.method, uri: parts.uri, version: parts.version, headers: parts.headers };
-        let replay_limit = match &rule.retry {
-            Some(retry) => Some(retry.max_request_bytes),
-            None if !rule.mirrors.is_empty() => Some(crate::traffic::MIRROR_MAX_BYTES),
-            None => None,
-        };
-        let mut body = Some(RequestBody::new(body, replay_limit));
-
-        // The budget counts the requests that may be retried.
-        if rule.retry.is_some() {
-            router.budget.deposit();
-        }
-        let mut attempts = 0u32;
-        let attempts_loop = async {
-            // The first attempt takes the stream itself or a first copy.
-            let mut this_body = match body.take() {
-                Some(RequestBody::Stream(stream)) => RequestBody::Stream(stream),
-                Some(b) => {
-                    let first = b.try_clone().unwrap_or(RequestBody::Empty);
-                    body = Some(b);
-                    first
-                }
-                None => RequestBody::Empty,
-            };
-            loop {
-                attempts += 1;
-                let outcome = self.attempt(&service, rule, series, &mut head, this_body, grpc).await;
-                let Some(retry) = &rule.retry else { return outcome };
-                let wants_retry = match &outcome {
-                    Ok(a) => retry.retries(a.rsp.status(), grpc_status(a.rsp.headers())),
-                    Err(e) => e.retryable(),
-                };
-                if !wants_retry {
-                    if attempts > 1 && outcome.as_ref().is_ok_and(|a| succeeded(&a.rsp, grpc)) {
-                        series.retry(RetryOutcome::Succeeded);
-                    }
-                    return outcome;
-                }
-                if attempts > retry.max_retries {
-                    series.retry(RetryOutcome::LimitExceeded);
-                    return outcome;
-                }
-                // Only with a body to send again (this copy, made now, is
-                // the one sent), and within the budget.
-                let Some(next) = body.as_ref().and_then(RequestBody::try_clone) else {
-                    series.retry(RetryOutcome::Overflow);
-                    return outcome;
-                };
-                if !router.budget.withdraw() {
-                    series.retry(RetryOutcome::Overflow);
-                    return outcome;
-                }
-                series.retry(RetryOutcome::Retried);
-                drop(outcome);
-                this_body = next;
-                tokio::time::sleep(retry.backoff(attempts)).await;
-            }
-        };
-        let outcome = match rule.timeouts.request {
-            Some(timeout) => match tokio::time::timeout(timeout, attempts_loop).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(ProxyError::RequestTimeout { timeout }),
-            },
-            None => attempts_loop.await,
-        };
-
-        let answered = match outcome {
-            Ok(answered) => answered,
-            Err(error) => {
-                let status =
-                    if grpc { Some(error.grpc_code() as u16) } else { Some(error.status().as_u16()) };
-                series.request(status, Some(error.route_label()), started.elapsed(), attempts);
-                let target = self.target.unwrap_or_else(|| ([0, 0, 0, 0], 0).into());
-                let metrics = self.route(&authority, target, None);
-                metrics.request();
-                return self.fail(Some(&metrics), error, grpc);
-            }
-        };
-
-        // Mirrors get a copy once the request has been sent.
-        for (backend, ratio) in &rule.mirrors {
-            if !ratio.hit() {
-                continue;
-            }
-            if let Some(copy) = body.as_ref().and_then(RequestBody::try_clone) {
-                let req = request(&mut head, copy, false, false);
-                tokio::spawn(mirror(self.proxy.clone(), backend.clone(), req));
-            }
-        }
-
-        let Answered { rsp, picked, upgraded } = answered;
-        let metrics = self.route(&authority, picked.addr(), Some(&picked));
-        metrics.request();
-        let tapped = self.tap_head(&head.method, head.uri.path(), &authority, picked.addr(), &metrics);
-        if let Some(tapped) = &tapped {
-            tapped.response(rsp.status().as_u16());
-        }
-        self.respond(rsp, upgraded, head.version, rule, series, started, attempts, metrics, tapped, grpc)
+        (Head { method: parts.method, uri: parts.uri, version: parts.version, headers: parts.headers }, body)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -318,6 +350,20 @@ impl Conn {
                 Err(error)
             }
         }
+    }
+}
+
+/// The body of a request's first attempt: the stream itself, or a first
+/// copy of a body kept to send again (to a retry or a mirror).
+fn first_body(body: &mut Option<RequestBody>) -> RequestBody {
+    match body.take() {
+        Some(RequestBody::Stream(stream)) => RequestBody::Stream(stream),
+        Some(b) => {
+            let first = b.try_clone().unwrap_or(RequestBody::Empty);
+            *body = Some(b);
+            first
+        }
+        None => RequestBody::Empty,
     }
 }
 
