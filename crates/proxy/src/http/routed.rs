@@ -323,7 +323,8 @@ impl Conn {
         let timeout = rule.retry.as_ref().and_then(|r| r.timeout).or(rule.timeouts.response);
         let sent = client.request(req);
         let result = match timeout {
-            Some(timeout) => match tokio::time::timeout(timeout, sent).await {
+            // Boxed: the timer would add its size to every attempt's future.
+            Some(timeout) => match Box::pin(tokio::time::timeout(timeout, sent)).await {
                 Ok(r) => r.map_err(ProxyError::from_client),
                 Err(_) => Err(ProxyError::ResponseTimeout { timeout }),
             },
