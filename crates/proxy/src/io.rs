@@ -205,7 +205,7 @@ pub fn orig_dst(socket: &tokio::net::TcpStream) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{Direction, Metrics, Peer, TcpLabels, Tls};
+    use crate::metrics::{Metrics, TcpLabels};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// What a write reached the socket as.
@@ -253,13 +253,7 @@ mod tests {
     }
 
     fn metered(take: usize) -> MeteredIo<Recorder> {
-        let labels = TcpLabels {
-            direction: Direction::Inbound,
-            peer: Peer::Src,
-            target_addr: "127.0.0.1:8080".parse().unwrap(),
-            tls: Tls::INBOUND_PLAIN,
-            dst: None,
-        };
+        let labels = TcpLabels::inbound_plain("127.0.0.1:8080".parse().unwrap());
         MeteredIo::new(Recorder { writes: Vec::new(), take }, Metrics::new().tcp(labels))
     }
 

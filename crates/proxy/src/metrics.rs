@@ -519,6 +519,20 @@ impl EncodeLabelSet for LatencyLabels {
     }
 }
 
+#[cfg(test)]
+impl TcpLabels {
+    /// An inbound, plaintext connection's labels (tests).
+    pub(crate) fn inbound_plain(target_addr: SocketAddr) -> Self {
+        TcpLabels {
+            direction: Direction::Inbound,
+            peer: Peer::Src,
+            target_addr,
+            tls: Tls::INBOUND_PLAIN,
+            dst: None,
+        }
+    }
+}
+
 impl EncodeLabelSet for TcpLabels {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
         use prometheus_client::encoding::EncodeLabel;
@@ -615,13 +629,7 @@ mod tests {
     #[test]
     fn tcp_series_count_opens_closes_and_bytes() {
         let metrics = Metrics::new();
-        let labels = TcpLabels {
-            direction: Direction::Inbound,
-            peer: Peer::Src,
-            target_addr: "10.1.2.3:5432".parse().unwrap(),
-            tls: Tls::INBOUND_PLAIN,
-            dst: None,
-        };
+        let labels = TcpLabels::inbound_plain("10.1.2.3:5432".parse().unwrap());
         let conn = metrics.tcp(labels.clone());
         conn.read_bytes.inc_by(10);
         conn.write_bytes.inc_by(20);
