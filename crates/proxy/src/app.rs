@@ -598,11 +598,7 @@ impl Listener {
         };
         let result = tokio::select! {
             biased;
-            res = conn.as_mut() => res,
-            () = self.drain.signaled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
+            res = self.until_drained(conn.as_mut(), |c| c.graceful_shutdown()) => res,
             () = expired => {
                 tracing::debug!(direction = ?self.direction, "no request head within the header read timeout; closing");
                 Ok(())
@@ -622,16 +618,24 @@ impl Listener {
             .initial_stream_window_size(h2::STREAM_WINDOW)
             .initial_connection_window_size(h2::CONNECTION_WINDOW)
             .serve_connection(io, svc);
-        let mut conn = std::pin::pin!(conn);
-        let result = tokio::select! {
+        let result = self.until_drained(std::pin::pin!(conn), |c| c.graceful_shutdown()).await;
+        self.http_closed(result);
+    }
+
+    /// Runs a server connection to its end; once the proxy drains, `shutdown`
+    /// tells it to finish what it has in flight and take nothing new.
+    async fn until_drained<C>(&self, mut conn: Pin<&mut C>, shutdown: fn(Pin<&mut C>)) -> hyper::Result<()>
+    where
+        C: Future<Output = hyper::Result<()>>,
+    {
+        tokio::select! {
             biased;
             res = conn.as_mut() => res,
             () = self.drain.signaled() => {
-                conn.as_mut().graceful_shutdown();
+                shutdown(conn.as_mut());
                 conn.await
             }
-        };
-        self.http_closed(result);
+        }
     }
 
     fn http_closed(&self, result: Result<(), hyper::Error>) {
