@@ -114,7 +114,7 @@ impl Proxy {
                     (&d.policy_addr, control_tls(&d.policy_name)),
                     d.workload.clone(),
                     d.idle_timeout,
-                    config.outbound.connect_timeout.max(Duration::from_secs(1)),
+                    config.outbound.connect.timeout.max(Duration::from_secs(1)),
                 )
                 .map_err(|source| BindError::Controller {
                     name: ENV_DESTINATION_SVC_ADDR,
@@ -128,7 +128,7 @@ impl Proxy {
         let default_policy = ServerPolicy::default(&config.default_policy, &config.cluster_networks);
         let policy_client = match &config.discovery {
             Some(d) if !d.workload.is_empty() => {
-                let timeout = config.outbound.connect_timeout.max(Duration::from_secs(1));
+                let timeout = config.outbound.connect.timeout.max(Duration::from_secs(1));
                 let channel = crate::control::channel(&d.policy_addr, control_tls(&d.policy_name), timeout)
                     .map_err(|source| BindError::Controller {
                     name: ENV_POLICY_SVC_ADDR,
@@ -201,13 +201,8 @@ impl Proxy {
                 direction,
                 http: Arc::new(HttpProxy {
                     direction,
-                    clients: Clients::new(
-                        direction,
-                        config.connect_timeout,
-                        self.metrics.clone(),
-                        mesh_tls.clone(),
-                    )
-                    .with_mesh_http1(self.config.mesh_http1_connections),
+                    clients: Clients::new(direction, config.connect, self.metrics.clone(), mesh_tls.clone())
+                        .with_mesh_http1(self.config.mesh_http1_connections),
                     metrics: self.metrics.clone(),
                     ingress_mode: direction == Direction::Outbound && self.config.ingress_mode,
                     own_addr,
@@ -236,7 +231,7 @@ impl Proxy {
         // With an identity, the proxy is ready once it is certified.
         let ready = Arc::new(AtomicBool::new(self.identity.is_none()));
         let identity_task = self.identity.clone().map(|identity| {
-            let timeout = self.config.outbound.connect_timeout.max(Duration::from_secs(1));
+            let timeout = self.config.outbound.connect.timeout.max(Duration::from_secs(1));
             tokio::spawn(identity.run(ready.clone(), self.metrics.clone(), timeout))
         });
         let admin = Arc::new(Admin {
@@ -344,6 +339,7 @@ impl Listener {
     /// back, for the connection's task to run.
     async fn serve(&self, mut sock: TcpStream, client: SocketAddr) -> Option<HttpPhase<'_>> {
         let _ = sock.set_nodelay(true);
+        io::set_keepalive(&sock, self.config.accept_keepalive);
         let target = io::orig_dst(&sock).or(self.forward);
         let plain = match self.direction {
             Direction::Inbound => Tls::INBOUND_PLAIN,
@@ -533,7 +529,7 @@ impl Listener {
     {
         let upstream = |addr, tls, dst, mesh| tcp::Upstream {
             addr,
-            connect_timeout: self.config.connect_timeout,
+            connect: self.config.connect,
             direction: self.direction,
             tls,
             dst,

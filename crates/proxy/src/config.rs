@@ -15,6 +15,14 @@ pub const ENV_INBOUND_DETECT_TIMEOUT: &str = "LINKERD2_PROXY_INBOUND_DETECT_TIME
 pub const ENV_OUTBOUND_DETECT_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_DETECT_TIMEOUT";
 pub const ENV_INBOUND_CONNECT_TIMEOUT: &str = "LINKERD2_PROXY_INBOUND_CONNECT_TIMEOUT";
 pub const ENV_OUTBOUND_CONNECT_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_CONNECT_TIMEOUT";
+/// TCP keepalive (the idle time before the first probe) on the connections
+/// each listener accepts and on those the proxy opens for it; unset or 0,
+/// none. Linkerd's injector sets `10000ms` on the inbound accept and
+/// outbound connect side.
+pub const ENV_INBOUND_ACCEPT_KEEPALIVE: &str = "LINKERD2_PROXY_INBOUND_ACCEPT_KEEPALIVE";
+pub const ENV_OUTBOUND_ACCEPT_KEEPALIVE: &str = "LINKERD2_PROXY_OUTBOUND_ACCEPT_KEEPALIVE";
+pub const ENV_INBOUND_CONNECT_KEEPALIVE: &str = "LINKERD2_PROXY_INBOUND_CONNECT_KEEPALIVE";
+pub const ENV_OUTBOUND_CONNECT_KEEPALIVE: &str = "LINKERD2_PROXY_OUTBOUND_CONNECT_KEEPALIVE";
 pub const ENV_INBOUND_OPAQUE_PORTS: &str = "LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION";
 pub const ENV_OUTBOUND_OPAQUE_PORTS: &str = "LINKERD2_PROXY_OUTBOUND_PORTS_DISABLE_PROTOCOL_DETECTION";
 pub const ENV_SHUTDOWN_GRACE_PERIOD: &str = "LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD";
@@ -127,10 +135,21 @@ pub struct DiscoveryConfig {
 pub struct ListenerConfig {
     pub addr: SocketAddr,
     pub detect_timeout: Duration,
-    pub connect_timeout: Duration,
+    /// TCP keepalive on the connections this listener accepts.
+    pub accept_keepalive: Option<Duration>,
+    /// How the proxy opens connections for this listener's traffic.
+    pub connect: ConnectConfig,
     pub opaque_ports: PortSet,
     /// How long an HTTP/1 client may take to send its next request head.
     pub header_read_timeout: Duration,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct ConnectConfig {
+    /// The TCP connect (and any mesh TLS handshake after it) must end in this.
+    pub timeout: Duration,
+    /// TCP keepalive: probes after this long without traffic.
+    pub keepalive: Option<Duration>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -172,9 +191,13 @@ impl Config {
                 detect_timeout: env
                     .parse(ENV_INBOUND_DETECT_TIMEOUT, parse_duration)?
                     .unwrap_or(Duration::from_secs(10)),
-                connect_timeout: env
-                    .parse(ENV_INBOUND_CONNECT_TIMEOUT, parse_duration)?
-                    .unwrap_or(Duration::from_millis(100)),
+                accept_keepalive: env.parse(ENV_INBOUND_ACCEPT_KEEPALIVE, parse_keepalive)?.flatten(),
+                connect: ConnectConfig {
+                    timeout: env
+                        .parse(ENV_INBOUND_CONNECT_TIMEOUT, parse_duration)?
+                        .unwrap_or(Duration::from_millis(100)),
+                    keepalive: env.parse(ENV_INBOUND_CONNECT_KEEPALIVE, parse_keepalive)?.flatten(),
+                },
                 opaque_ports: env
                     .parse(ENV_INBOUND_OPAQUE_PORTS, PortSet::parse)?
                     .unwrap_or_else(|| default_opaque.clone()),
@@ -187,9 +210,13 @@ impl Config {
                 detect_timeout: env
                     .parse(ENV_OUTBOUND_DETECT_TIMEOUT, parse_duration)?
                     .unwrap_or(Duration::from_secs(10)),
-                connect_timeout: env
-                    .parse(ENV_OUTBOUND_CONNECT_TIMEOUT, parse_duration)?
-                    .unwrap_or(Duration::from_secs(1)),
+                accept_keepalive: env.parse(ENV_OUTBOUND_ACCEPT_KEEPALIVE, parse_keepalive)?.flatten(),
+                connect: ConnectConfig {
+                    timeout: env
+                        .parse(ENV_OUTBOUND_CONNECT_TIMEOUT, parse_duration)?
+                        .unwrap_or(Duration::from_secs(1)),
+                    keepalive: env.parse(ENV_OUTBOUND_CONNECT_KEEPALIVE, parse_keepalive)?.flatten(),
+                },
                 opaque_ports: env.parse(ENV_OUTBOUND_OPAQUE_PORTS, PortSet::parse)?.unwrap_or(default_opaque),
                 header_read_timeout,
             },
@@ -406,6 +433,20 @@ fn parse_log_format(s: &str) -> Result<LogFormat, String> {
 
 /// Durations as linkerd2-proxy writes them: a whole number and a unit
 /// (`100ms`, `10s`, `2m`, `1h`, `1d`). A bare `0` means zero.
+/// A TCP keepalive idle time: 0 is none. Linux counts it in whole seconds
+/// (1 to 32,767; a part second is dropped), so less than a second is an error
+/// rather than a socket option the kernel refuses on every connection.
+fn parse_keepalive(s: &str) -> Result<Option<Duration>, String> {
+    const MAX_SECS: u64 = i16::MAX as u64;
+    let d = parse_duration(s)?;
+    match d.as_secs() {
+        0 if d.is_zero() => Ok(None),
+        0 => Err("TCP keepalive counts whole seconds: expected 0 (none) or at least 1s".into()),
+        secs if secs > MAX_SECS => Err(format!("TCP keepalive can wait at most {MAX_SECS}s")),
+        secs => Ok(Some(Duration::from_secs(secs))),
+    }
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     const HINT: &str = "expected a whole number with a unit (ms, s, m, h or d), such as 10s";
     if s == "0" {
@@ -472,8 +513,9 @@ mod tests {
         assert_eq!(c.inbound.addr, "0.0.0.0:4143".parse().unwrap());
         assert_eq!(c.outbound.addr, "127.0.0.1:4140".parse().unwrap());
         assert_eq!(c.admin_addr, "0.0.0.0:4191".parse().unwrap());
-        assert_eq!(c.inbound.connect_timeout, Duration::from_millis(100));
-        assert_eq!(c.outbound.connect_timeout, Duration::from_secs(1));
+        assert_eq!(c.inbound.connect.timeout, Duration::from_millis(100));
+        assert_eq!(c.outbound.connect.timeout, Duration::from_secs(1));
+        assert_eq!((c.inbound.accept_keepalive, c.outbound.connect.keepalive), (None, None));
         assert_eq!(c.shutdown_grace_period, Duration::from_secs(120));
         for port in DEFAULT_OPAQUE_PORTS {
             assert!(c.inbound.opaque_ports.contains(*port));
@@ -481,6 +523,28 @@ mod tests {
         }
         assert!(!c.inbound.opaque_ports.contains(80));
         assert!(!c.ingress_mode);
+    }
+
+    #[test]
+    fn tcp_keepalive_is_linkerds_four_variables() {
+        let c = config(&[
+            (ENV_INBOUND_ACCEPT_KEEPALIVE, "10000ms"),
+            (ENV_OUTBOUND_CONNECT_KEEPALIVE, "10000ms"),
+            (ENV_OUTBOUND_ACCEPT_KEEPALIVE, "2m"),
+            (ENV_INBOUND_CONNECT_KEEPALIVE, "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.inbound.accept_keepalive, Some(Duration::from_secs(10)));
+        assert_eq!(c.outbound.connect.keepalive, Some(Duration::from_secs(10)));
+        assert_eq!(c.outbound.accept_keepalive, Some(Duration::from_secs(120)));
+        assert_eq!(c.inbound.connect.keepalive, None);
+        // A part second is dropped; under a second, or past the kernel's limit, is an error.
+        let c = config(&[(ENV_INBOUND_ACCEPT_KEEPALIVE, "1500ms")]).unwrap();
+        assert_eq!(c.inbound.accept_keepalive, Some(Duration::from_secs(1)));
+        for bad in ["500ms", "10h", "10"] {
+            let err = config(&[(ENV_OUTBOUND_CONNECT_KEEPALIVE, bad)]).unwrap_err();
+            assert_eq!((err.name, err.value.as_str()), (ENV_OUTBOUND_CONNECT_KEEPALIVE, bad), "{err}");
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Socket wrappers: replaying the bytes that detection read, and counting
-//! bytes into the transport metrics as they flow.
+//! bytes into the transport metrics as they flow; and socket options.
 
 use crate::metrics::TcpMetrics;
 use bytes::{Buf, Bytes};
@@ -8,6 +8,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     task::{Context, Poll},
+    time::Duration,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -200,6 +201,18 @@ pub fn orig_dst(socket: &tokio::net::TcpStream) -> Option<SocketAddr> {
     .as_socket()?;
     // Without a redirect, the kernel reports the socket's own address.
     (orig != local).then_some(orig)
+}
+
+/// Turns on TCP keepalive, the first probe after `idle` without traffic,
+/// so that a peer that vanished without a FIN or RST is found out on an
+/// idle connection; `None` leaves the socket as the kernel made it. A socket
+/// that refuses is logged and served anyway.
+pub fn set_keepalive(socket: &tokio::net::TcpStream, idle: Option<Duration>) {
+    let Some(idle) = idle else { return };
+    let keepalive = socket2::TcpKeepalive::new().with_time(idle);
+    if let Err(error) = socket2::SockRef::from(socket).set_tcp_keepalive(&keepalive) {
+        tracing::warn!(%error, ?idle, "cannot turn on TCP keepalive");
+    }
 }
 
 #[cfg(test)]

@@ -3,13 +3,14 @@
 //! work through the proxy.
 
 use crate::{
+    config::ConnectConfig,
     discovery::balance::DstLabels,
-    http::client::{connect, mesh_tls},
+    http::client::mesh_tls,
     io::{MeteredIo, PrefixedIo},
     metrics::{Direction, Metrics, Peer, TcpLabels, Tls},
 };
 use bytes::Bytes;
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// The per-direction copy buffer: small, because a proxy holds two per
@@ -19,7 +20,7 @@ const COPY_BUF: usize = 16 * 1024;
 /// Where an opaque connection goes, and how.
 pub struct Upstream {
     pub addr: SocketAddr,
-    pub connect_timeout: Duration,
+    pub connect: ConnectConfig,
     pub direction: Direction,
     /// The `tls` label of the accepted side.
     pub tls: Tls,
@@ -32,8 +33,8 @@ pub async fn forward<I>(mut client: I, upstream: Upstream, metrics: &Metrics)
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let Upstream { addr, connect_timeout, direction, tls, dst, mesh } = upstream;
-    let server = match connect(addr, connect_timeout).await {
+    let Upstream { addr, connect, direction, tls, dst, mesh } = upstream;
+    let server = match crate::http::client::connect(addr, &connect).await {
         Ok(s) => s,
         Err(error) => {
             tracing::info!(?direction, %error, "opaque connection not forwarded");

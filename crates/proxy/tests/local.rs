@@ -232,3 +232,103 @@ async fn http1_connections_without_a_request_head_are_closed_after_the_header_re
     assert!(ended.is_ok(), "an idle keep-alive connection was kept past the header read timeout");
     assert!(idle.elapsed() >= TIMEOUT - Duration::from_millis(50), "closed after {:?} idle", idle.elapsed());
 }
+
+/// Linkerd's injector sets `LINKERD2_PROXY_INBOUND_ACCEPT_KEEPALIVE` and
+/// `..._OUTBOUND_CONNECT_KEEPALIVE` (`10000ms`): the kernel then probes a
+/// connection after that long idle, which `ss -o` shows as the socket's
+/// keepalive timer. Without them, the proxy's sockets have none.
+#[tokio::test]
+async fn tcp_keepalive_follows_linkerds_variables() {
+    let mut apps = Vec::new();
+    for _ in 0..2 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        apps.push(listener.local_addr().unwrap());
+        tokio::spawn(apps::http(listener).1);
+    }
+    let forward = |app: std::net::SocketAddr| app.to_string();
+    let (app_with, app_without) = (forward(apps[0]), forward(apps[1]));
+    let with = LocalProxy::start(
+        PROXY.as_ref(),
+        &[
+            ("WEFT_PROXY_INBOUND_FORWARD", &app_with),
+            ("LINKERD2_PROXY_INBOUND_ACCEPT_KEEPALIVE", "7s"),
+            ("LINKERD2_PROXY_INBOUND_CONNECT_KEEPALIVE", "9000ms"),
+        ],
+    );
+    let without = LocalProxy::start(PROXY.as_ref(), &[("WEFT_PROXY_INBOUND_FORWARD", &app_without)]);
+
+    // One request through each, on connections kept open (as is the
+    // proxy's pooled connection to the app).
+    let mut open = Vec::new();
+    for proxy in [with.inbound, without.inbound] {
+        let sock = tokio::net::TcpStream::connect(proxy).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(sock)).await.unwrap();
+        tokio::spawn(conn);
+        let req = Request::get("/").header("host", "web.test").body(Empty::<Bytes>::new()).unwrap();
+        let rsp = send.send_request(req).await.unwrap();
+        assert_eq!(rsp.status(), StatusCode::OK);
+        rsp.into_body().collect().await.unwrap();
+        open.push(send);
+    }
+
+    // A socket shows a retransmit timer instead while data is unacknowledged:
+    // wait for the keepalive timers to be what `ss` shows.
+    let accepted = format!(":{}", with.inbound.port());
+    let to_app = format!(":{}", apps[0].port());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let accepted_timers = keepalive_ms("sport", &accepted);
+        let to_app_timers = keepalive_ms("dport", &to_app);
+        let ok = |timers: &[Option<u64>], max_ms| {
+            !timers.is_empty() && timers.iter().all(|t| t.is_some_and(|t| t <= max_ms))
+        };
+        if ok(&accepted_timers, 7_000) && ok(&to_app_timers, 9_000) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "keepalive timers (ms) on the accepted sockets: {accepted_timers:?} (want <= 7000), \
+             on the connections to the app: {to_app_timers:?} (want <= 9000)"
+        );
+        tokio::task::yield_now().await;
+    }
+    let plain = keepalive_ms("sport", &format!(":{}", without.inbound.port()));
+    assert_eq!(plain, [None], "a proxy without the variables kept a keepalive timer");
+    let plain = keepalive_ms("dport", &format!(":{}", apps[1].port()));
+    assert_eq!(plain, [None], "a proxy without the variables kept a keepalive timer");
+    drop(open);
+}
+
+/// The keepalive timer, in milliseconds, of each established TCP socket
+/// whose `side` (`sport` or `dport`) is `port` (`:4143`), from `ss -o`
+/// (`timer:(keepalive,6.988ms,0)` is 6 s 988 ms; `2min`, `12sec`).
+fn keepalive_ms(side: &str, port: &str) -> Vec<Option<u64>> {
+    let out = Command::new("ss")
+        .args(["-tnoH", "state", "established", side, "=", port])
+        .output()
+        .expect("running ss (iproute2)");
+    assert!(out.status.success(), "ss: {}", String::from_utf8_lossy(&out.stderr));
+    let parse = |t: &str| -> Option<u64> {
+        let (min, rest) = match t.split_once("min") {
+            Some((m, rest)) => (m.parse::<u64>().ok()?, rest),
+            None => (0, t),
+        };
+        let (secs, ms) = if let Some(s) = rest.strip_suffix("sec") {
+            (s.parse::<u64>().ok()?, 0)
+        } else if let Some(body) = rest.strip_suffix("ms") {
+            match body.split_once('.') {
+                Some((s, ms)) => (s.parse().ok()?, ms.parse().ok()?),
+                None => (0, body.parse().ok()?),
+            }
+        } else if rest.is_empty() {
+            (0, 0)
+        } else {
+            return None;
+        };
+        Some(min * 60_000 + secs * 1_000 + ms)
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| line.split("timer:(keepalive,").nth(1).and_then(|t| parse(t.split(',').next()?)))
+        .collect()
+}

@@ -8,6 +8,7 @@ use super::{
     h2::Connection as H2Connection,
 };
 use crate::{
+    config::ConnectConfig,
     io::MeteredIo,
     metrics::{Direction, Metrics, Peer, TcpLabels, Tls},
 };
@@ -57,7 +58,7 @@ impl std::hash::Hash for ClientKey {
 /// The clients of one direction, by endpoint, protocol and identity.
 pub struct Clients {
     direction: Direction,
-    connect_timeout: Duration,
+    connect: ConnectConfig,
     metrics: Arc<Metrics>,
     /// Set when this proxy has a mesh identity (outbound).
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -108,12 +109,12 @@ pub const DEFAULT_MESH_HTTP1_CONNECTIONS: usize = 32;
 impl Clients {
     pub fn new(
         direction: Direction,
-        connect_timeout: Duration,
+        connect: ConnectConfig,
         metrics: Arc<Metrics>,
         tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Self {
         let mesh_http1 = DEFAULT_MESH_HTTP1_CONNECTIONS;
-        Self { direction, connect_timeout, metrics, tls, mesh_http1, cache: Default::default() }
+        Self { direction, connect, metrics, tls, mesh_http1, cache: Default::default() }
     }
 
     /// Sets how many HTTP/1 connections one meshed endpoint gets before
@@ -172,7 +173,7 @@ impl Clients {
         cache.retain(|_, c| now.duration_since(c.last_used) < CLIENT_IDLE);
         let connector = Connector {
             addr: key.addr,
-            timeout: self.connect_timeout,
+            connect: self.connect,
             direction: self.direction,
             metrics: self.metrics.clone(),
             tls: self.tls.clone().zip(key.identity.clone()),
@@ -613,7 +614,7 @@ fn request_form(req: &mut Request<RequestBody>) {
 #[derive(Clone)]
 pub struct Connector {
     addr: SocketAddr,
-    timeout: Duration,
+    connect: ConnectConfig,
     direction: Direction,
     metrics: Arc<Metrics>,
     /// Mesh TLS to the identity the endpoint's proxy must present.
@@ -622,10 +623,10 @@ pub struct Connector {
 
 impl Connector {
     async fn connect(&self) -> Result<Upstream, ConnectError> {
-        let Connector { addr, timeout, direction, metrics, tls } = self;
-        let (addr, timeout, direction) = (*addr, *timeout, *direction);
+        let Connector { addr, connect: settings, direction, metrics, tls } = self;
+        let (addr, timeout, direction) = (*addr, settings.timeout, *direction);
         let started = tokio::time::Instant::now();
-        let stream = connect(addr, timeout).await?;
+        let stream = connect(addr, settings).await?;
         let label = match (tls, direction) {
             (Some((_, id)), _) => Tls::Mesh(Some(id.clone())),
             (None, Direction::Inbound) => Tls::INBOUND_PLAIN,
@@ -659,11 +660,13 @@ where
     tokio_rustls::TlsConnector::from(config).connect(name, io).await.map_err(|e| e.to_string())
 }
 
-/// Opens a TCP connection to an endpoint within `timeout`.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+/// Opens a TCP connection to an endpoint within the configured timeout.
+pub async fn connect(addr: SocketAddr, settings: &ConnectConfig) -> Result<TcpStream, ConnectError> {
+    let timeout = settings.timeout;
     match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
+            crate::io::set_keepalive(&stream, settings.keepalive);
             Ok(stream)
         }
         Ok(Err(e)) => Err(ConnectError::Refused { addr, kind: e.kind(), reason: e.to_string() }),
@@ -740,6 +743,10 @@ mod tests {
     use hyper_util::rt::TokioExecutor;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    fn connect_within(timeout: Duration) -> ConnectConfig {
+        ConnectConfig { timeout, keepalive: None }
+    }
+
     /// A local listener that counts the connections it accepts and hands
     /// each to `serve` (with how many came before it) on a task of its own.
     async fn counting_server<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
@@ -790,7 +797,8 @@ mod tests {
     }
 
     fn client(addr: SocketAddr, proto: Proto) -> HttpClient {
-        Clients::new(Direction::Inbound, Duration::from_secs(1), Metrics::new(), None).get(addr, proto)
+        Clients::new(Direction::Inbound, connect_within(Duration::from_secs(1)), Metrics::new(), None)
+            .get(addr, proto)
     }
 
     fn get(path: &str, version: Version) -> Request<RequestBody> {
@@ -997,8 +1005,13 @@ mod tests {
         let listener = socket.listen(0).unwrap();
         let addr = listener.local_addr().unwrap();
         let _queued = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let client = Clients::new(Direction::Inbound, Duration::from_millis(300), Metrics::new(), None)
-            .get(addr, Proto::Http2);
+        let client = Clients::new(
+            Direction::Inbound,
+            connect_within(Duration::from_millis(300)),
+            Metrics::new(),
+            None,
+        )
+        .get(addr, Proto::Http2);
         let started = Instant::now();
         let all = (0..20).map(|_| client.request(get("/", Version::HTTP_2)));
         for result in futures_util::future::join_all(all).await {
