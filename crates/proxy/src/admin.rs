@@ -23,6 +23,9 @@ pub struct Admin {
     pub ready: Arc<AtomicBool>,
     pub shutdown_enabled: bool,
     pub drain: Drain,
+    /// TCP keepalive on accepted connections (the inbound listener's, as
+    /// linkerd2-proxy does).
+    pub keepalive: Option<std::time::Duration>,
 }
 
 impl Admin {
@@ -35,6 +38,7 @@ impl Admin {
                     continue;
                 }
             };
+            crate::io::set_keepalive(&sock, self.keepalive);
             let admin = self.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {

@@ -239,6 +239,7 @@ impl Proxy {
             ready,
             shutdown_enabled: self.config.shutdown_endpoint_enabled,
             drain: self.drain.clone(),
+            keepalive: self.config.inbound.accept_keepalive,
         });
         let admin_task = tokio::spawn(admin.serve(self.admin));
         let tap_task = match (self.tap, &self.identity) {

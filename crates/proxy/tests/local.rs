@@ -257,14 +257,15 @@ async fn tcp_keepalive_follows_linkerds_variables() {
     );
     let without = LocalProxy::start(PROXY.as_ref(), &[("WEFT_PROXY_INBOUND_FORWARD", &app_without)]);
 
-    // One request through each, on connections kept open (as is the
+    // One request through each, and one to the admin server that takes
+    // the inbound side's keepalive, on connections kept open (as is the
     // proxy's pooled connection to the app).
     let mut open = Vec::new();
-    for proxy in [with.inbound, without.inbound] {
-        let sock = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    for (addr, path) in [(with.inbound, "/"), (without.inbound, "/"), (with.admin, "/ready")] {
+        let sock = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(sock)).await.unwrap();
         tokio::spawn(conn);
-        let req = Request::get("/").header("host", "web.test").body(Empty::<Bytes>::new()).unwrap();
+        let req = Request::get(path).header("host", "web.test").body(Empty::<Bytes>::new()).unwrap();
         let rsp = send.send_request(req).await.unwrap();
         assert_eq!(rsp.status(), StatusCode::OK);
         rsp.into_body().collect().await.unwrap();
@@ -274,20 +275,23 @@ async fn tcp_keepalive_follows_linkerds_variables() {
     // A socket shows a retransmit timer instead while data is unacknowledged:
     // wait for the keepalive timers to be what `ss` shows.
     let accepted = format!(":{}", with.inbound.port());
+    let admin = format!(":{}", with.admin.port());
     let to_app = format!(":{}", apps[0].port());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let accepted_timers = keepalive_ms("sport", &accepted);
+        let admin_timers = keepalive_ms("sport", &admin);
         let to_app_timers = keepalive_ms("dport", &to_app);
         let ok = |timers: &[Option<u64>], max_ms| {
             !timers.is_empty() && timers.iter().all(|t| t.is_some_and(|t| t <= max_ms))
         };
-        if ok(&accepted_timers, 7_000) && ok(&to_app_timers, 9_000) {
+        if ok(&accepted_timers, 7_000) && ok(&admin_timers, 7_000) && ok(&to_app_timers, 9_000) {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
             "keepalive timers (ms) on the accepted sockets: {accepted_timers:?} (want <= 7000), \
+             on the admin server's: {admin_timers:?} (want <= 7000), \
              on the connections to the app: {to_app_timers:?} (want <= 9000)"
         );
         tokio::task::yield_now().await;
