@@ -23,9 +23,9 @@ pub struct Admin {
     pub ready: Arc<AtomicBool>,
     pub shutdown_enabled: bool,
     pub drain: Drain,
-    /// TCP keepalive on accepted connections (the inbound listener's, as
-    /// linkerd2-proxy does).
-    pub keepalive: Option<std::time::Duration>,
+    /// TCP options on accepted connections (the inbound listener's, as
+    /// linkerd2-proxy's admin server takes).
+    pub tcp: crate::config::TcpOptions,
 }
 
 impl Admin {
@@ -38,7 +38,7 @@ impl Admin {
                     continue;
                 }
             };
-            crate::io::set_keepalive(&sock, self.keepalive);
+            crate::io::set_tcp_options(&sock, &self.tcp);
             let admin = self.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {

@@ -239,7 +239,7 @@ impl Proxy {
             ready,
             shutdown_enabled: self.config.shutdown_endpoint_enabled,
             drain: self.drain.clone(),
-            keepalive: self.config.inbound.accept_keepalive,
+            tcp: self.config.inbound.accept,
         });
         let admin_task = tokio::spawn(admin.serve(self.admin));
         let tap_task = match (self.tap, &self.identity) {
@@ -340,7 +340,7 @@ impl Listener {
     /// back, for the connection's task to run.
     async fn serve(&self, mut sock: TcpStream, client: SocketAddr) -> Option<HttpPhase<'_>> {
         let _ = sock.set_nodelay(true);
-        io::set_keepalive(&sock, self.config.accept_keepalive);
+        io::set_tcp_options(&sock, &self.config.accept);
         let target = io::orig_dst(&sock).or(self.forward);
         let plain = match self.direction {
             Direction::Inbound => Tls::INBOUND_PLAIN,

@@ -23,6 +23,14 @@ pub const ENV_INBOUND_ACCEPT_KEEPALIVE: &str = "LINKERD2_PROXY_INBOUND_ACCEPT_KE
 pub const ENV_OUTBOUND_ACCEPT_KEEPALIVE: &str = "LINKERD2_PROXY_OUTBOUND_ACCEPT_KEEPALIVE";
 pub const ENV_INBOUND_CONNECT_KEEPALIVE: &str = "LINKERD2_PROXY_INBOUND_CONNECT_KEEPALIVE";
 pub const ENV_OUTBOUND_CONNECT_KEEPALIVE: &str = "LINKERD2_PROXY_OUTBOUND_CONNECT_KEEPALIVE";
+/// TCP_USER_TIMEOUT on the same connections: how long sent data may stay
+/// unacknowledged before the kernel gives the connection up; unset or 0,
+/// the kernel's default (retransmits for ~15 minutes). Linkerd's injector
+/// sets `30s` on the inbound accept and outbound connect side.
+pub const ENV_INBOUND_ACCEPT_USER_TIMEOUT: &str = "LINKERD2_PROXY_INBOUND_ACCEPT_USER_TIMEOUT";
+pub const ENV_OUTBOUND_ACCEPT_USER_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_ACCEPT_USER_TIMEOUT";
+pub const ENV_INBOUND_CONNECT_USER_TIMEOUT: &str = "LINKERD2_PROXY_INBOUND_CONNECT_USER_TIMEOUT";
+pub const ENV_OUTBOUND_CONNECT_USER_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_CONNECT_USER_TIMEOUT";
 pub const ENV_INBOUND_OPAQUE_PORTS: &str = "LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION";
 pub const ENV_OUTBOUND_OPAQUE_PORTS: &str = "LINKERD2_PROXY_OUTBOUND_PORTS_DISABLE_PROTOCOL_DETECTION";
 pub const ENV_SHUTDOWN_GRACE_PERIOD: &str = "LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD";
@@ -135,8 +143,8 @@ pub struct DiscoveryConfig {
 pub struct ListenerConfig {
     pub addr: SocketAddr,
     pub detect_timeout: Duration,
-    /// TCP keepalive on the connections this listener accepts.
-    pub accept_keepalive: Option<Duration>,
+    /// TCP options on the connections this listener accepts.
+    pub accept: TcpOptions,
     /// How the proxy opens connections for this listener's traffic.
     pub connect: ConnectConfig,
     pub opaque_ports: PortSet,
@@ -148,8 +156,17 @@ pub struct ListenerConfig {
 pub struct ConnectConfig {
     /// The TCP connect (and any mesh TLS handshake after it) must end in this.
     pub timeout: Duration,
+    pub tcp: TcpOptions,
+}
+
+/// Socket options weft-proxy sets on a TCP connection; `None` leaves the
+/// kernel's default.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct TcpOptions {
     /// TCP keepalive: probes after this long without traffic.
     pub keepalive: Option<Duration>,
+    /// TCP_USER_TIMEOUT: sent data unacknowledged this long ends the connection.
+    pub user_timeout: Option<Duration>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -191,12 +208,20 @@ impl Config {
                 detect_timeout: env
                     .parse(ENV_INBOUND_DETECT_TIMEOUT, parse_duration)?
                     .unwrap_or(Duration::from_secs(10)),
-                accept_keepalive: env.parse(ENV_INBOUND_ACCEPT_KEEPALIVE, parse_keepalive)?.flatten(),
+                accept: TcpOptions {
+                    keepalive: env.parse(ENV_INBOUND_ACCEPT_KEEPALIVE, parse_keepalive)?.flatten(),
+                    user_timeout: env.parse(ENV_INBOUND_ACCEPT_USER_TIMEOUT, parse_user_timeout)?.flatten(),
+                },
                 connect: ConnectConfig {
                     timeout: env
                         .parse(ENV_INBOUND_CONNECT_TIMEOUT, parse_duration)?
                         .unwrap_or(Duration::from_millis(100)),
-                    keepalive: env.parse(ENV_INBOUND_CONNECT_KEEPALIVE, parse_keepalive)?.flatten(),
+                    tcp: TcpOptions {
+                        keepalive: env.parse(ENV_INBOUND_CONNECT_KEEPALIVE, parse_keepalive)?.flatten(),
+                        user_timeout: env
+                            .parse(ENV_INBOUND_CONNECT_USER_TIMEOUT, parse_user_timeout)?
+                            .flatten(),
+                    },
                 },
                 opaque_ports: env
                     .parse(ENV_INBOUND_OPAQUE_PORTS, PortSet::parse)?
@@ -210,12 +235,20 @@ impl Config {
                 detect_timeout: env
                     .parse(ENV_OUTBOUND_DETECT_TIMEOUT, parse_duration)?
                     .unwrap_or(Duration::from_secs(10)),
-                accept_keepalive: env.parse(ENV_OUTBOUND_ACCEPT_KEEPALIVE, parse_keepalive)?.flatten(),
+                accept: TcpOptions {
+                    keepalive: env.parse(ENV_OUTBOUND_ACCEPT_KEEPALIVE, parse_keepalive)?.flatten(),
+                    user_timeout: env.parse(ENV_OUTBOUND_ACCEPT_USER_TIMEOUT, parse_user_timeout)?.flatten(),
+                },
                 connect: ConnectConfig {
                     timeout: env
                         .parse(ENV_OUTBOUND_CONNECT_TIMEOUT, parse_duration)?
                         .unwrap_or(Duration::from_secs(1)),
-                    keepalive: env.parse(ENV_OUTBOUND_CONNECT_KEEPALIVE, parse_keepalive)?.flatten(),
+                    tcp: TcpOptions {
+                        keepalive: env.parse(ENV_OUTBOUND_CONNECT_KEEPALIVE, parse_keepalive)?.flatten(),
+                        user_timeout: env
+                            .parse(ENV_OUTBOUND_CONNECT_USER_TIMEOUT, parse_user_timeout)?
+                            .flatten(),
+                    },
                 },
                 opaque_ports: env.parse(ENV_OUTBOUND_OPAQUE_PORTS, PortSet::parse)?.unwrap_or(default_opaque),
                 header_read_timeout,
@@ -447,6 +480,16 @@ fn parse_keepalive(s: &str) -> Result<Option<Duration>, String> {
     }
 }
 
+/// A TCP_USER_TIMEOUT: 0 is the kernel's default; the kernel takes
+/// milliseconds in 32 bits.
+fn parse_user_timeout(s: &str) -> Result<Option<Duration>, String> {
+    let d = parse_duration(s)?;
+    if d.as_millis() > u128::from(u32::MAX) {
+        return Err(format!("TCP user timeout can be at most {}ms", u32::MAX));
+    }
+    Ok((!d.is_zero()).then_some(d))
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     const HINT: &str = "expected a whole number with a unit (ms, s, m, h or d), such as 10s";
     if s == "0" {
@@ -515,7 +558,10 @@ mod tests {
         assert_eq!(c.admin_addr, "0.0.0.0:4191".parse().unwrap());
         assert_eq!(c.inbound.connect.timeout, Duration::from_millis(100));
         assert_eq!(c.outbound.connect.timeout, Duration::from_secs(1));
-        assert_eq!((c.inbound.accept_keepalive, c.outbound.connect.keepalive), (None, None));
+        assert_eq!(
+            (c.inbound.accept, c.outbound.connect.tcp),
+            (TcpOptions::default(), TcpOptions::default())
+        );
         assert_eq!(c.shutdown_grace_period, Duration::from_secs(120));
         for port in DEFAULT_OPAQUE_PORTS {
             assert!(c.inbound.opaque_ports.contains(*port));
@@ -534,16 +580,35 @@ mod tests {
             (ENV_INBOUND_CONNECT_KEEPALIVE, "0"),
         ])
         .unwrap();
-        assert_eq!(c.inbound.accept_keepalive, Some(Duration::from_secs(10)));
-        assert_eq!(c.outbound.connect.keepalive, Some(Duration::from_secs(10)));
-        assert_eq!(c.outbound.accept_keepalive, Some(Duration::from_secs(120)));
-        assert_eq!(c.inbound.connect.keepalive, None);
+        assert_eq!(c.inbound.accept.keepalive, Some(Duration::from_secs(10)));
+        assert_eq!(c.outbound.connect.tcp.keepalive, Some(Duration::from_secs(10)));
+        assert_eq!(c.outbound.accept.keepalive, Some(Duration::from_secs(120)));
+        assert_eq!(c.inbound.connect.tcp.keepalive, None);
         // A part second is dropped; under a second, or past the kernel's limit, is an error.
         let c = config(&[(ENV_INBOUND_ACCEPT_KEEPALIVE, "1500ms")]).unwrap();
-        assert_eq!(c.inbound.accept_keepalive, Some(Duration::from_secs(1)));
+        assert_eq!(c.inbound.accept.keepalive, Some(Duration::from_secs(1)));
         for bad in ["500ms", "10h", "10"] {
             let err = config(&[(ENV_OUTBOUND_CONNECT_KEEPALIVE, bad)]).unwrap_err();
             assert_eq!((err.name, err.value.as_str()), (ENV_OUTBOUND_CONNECT_KEEPALIVE, bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn tcp_user_timeout_is_linkerds_four_variables() {
+        let c = config(&[
+            (ENV_INBOUND_ACCEPT_USER_TIMEOUT, "30s"),
+            (ENV_OUTBOUND_CONNECT_USER_TIMEOUT, "30s"),
+            (ENV_OUTBOUND_ACCEPT_USER_TIMEOUT, "1500ms"),
+            (ENV_INBOUND_CONNECT_USER_TIMEOUT, "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.inbound.accept.user_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(c.outbound.connect.tcp.user_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(c.outbound.accept.user_timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(c.inbound.connect.tcp.user_timeout, None);
+        for bad in ["50d", "30"] {
+            let err = config(&[(ENV_INBOUND_ACCEPT_USER_TIMEOUT, bad)]).unwrap_err();
+            assert_eq!((err.name, err.value.as_str()), (ENV_INBOUND_ACCEPT_USER_TIMEOUT, bad), "{err}");
         }
     }
 

@@ -1,14 +1,13 @@
 //! Socket wrappers: replaying the bytes that detection read, and counting
 //! bytes into the transport metrics as they flow; and socket options.
 
-use crate::metrics::TcpMetrics;
+use crate::{config::TcpOptions, metrics::TcpMetrics};
 use bytes::{Buf, Bytes};
 use std::{
     io,
     net::SocketAddr,
     pin::Pin,
     task::{Context, Poll},
-    time::Duration,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -203,15 +202,22 @@ pub fn orig_dst(socket: &tokio::net::TcpStream) -> Option<SocketAddr> {
     (orig != local).then_some(orig)
 }
 
-/// Turns on TCP keepalive, the first probe after `idle` without traffic,
-/// so that a peer that vanished without a FIN or RST is found out on an
-/// idle connection; `None` leaves the socket as the kernel made it. A socket
-/// that refuses is logged and served anyway.
-pub fn set_keepalive(socket: &tokio::net::TcpStream, idle: Option<Duration>) {
-    let Some(idle) = idle else { return };
-    let keepalive = socket2::TcpKeepalive::new().with_time(idle);
-    if let Err(error) = socket2::SockRef::from(socket).set_tcp_keepalive(&keepalive) {
-        tracing::warn!(%error, ?idle, "cannot turn on TCP keepalive");
+/// Sets the configured TCP options, so that a peer that vanished without
+/// a FIN or RST is found out: on an idle connection by keepalive probes
+/// after `keepalive` without traffic, on a busy one when data stays
+/// unacknowledged for `user_timeout`. `None` leaves the kernel's default.
+/// A socket that refuses is logged and served anyway.
+pub fn set_tcp_options(socket: &tokio::net::TcpStream, options: &TcpOptions) {
+    let sock = socket2::SockRef::from(socket);
+    if let Some(idle) = options.keepalive {
+        if let Err(error) = sock.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(idle)) {
+            tracing::warn!(%error, ?idle, "cannot turn on TCP keepalive");
+        }
+    }
+    if let Some(timeout) = options.user_timeout {
+        if let Err(error) = sock.set_tcp_user_timeout(Some(timeout)) {
+            tracing::warn!(%error, ?timeout, "cannot set the TCP user timeout");
+        }
     }
 }
 
@@ -220,6 +226,25 @@ mod tests {
     use super::*;
     use crate::metrics::{Metrics, TcpLabels};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn tcp_options_reach_the_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sock = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let get = |sock: &tokio::net::TcpStream| {
+            let sock = socket2::SockRef::from(sock);
+            let keepalive = sock.keepalive().unwrap().then(|| sock.tcp_keepalive_time().unwrap());
+            (keepalive, sock.tcp_user_timeout().unwrap())
+        };
+        set_tcp_options(&sock, &TcpOptions::default());
+        assert_eq!(get(&sock), (None, None), "no options leave the kernel's defaults");
+        let options = TcpOptions {
+            keepalive: Some(std::time::Duration::from_secs(7)),
+            user_timeout: Some(std::time::Duration::from_millis(1500)),
+        };
+        set_tcp_options(&sock, &options);
+        assert_eq!(get(&sock), (options.keepalive, options.user_timeout));
+    }
 
     /// What a write reached the socket as.
     #[derive(Debug, PartialEq)]

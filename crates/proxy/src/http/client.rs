@@ -666,7 +666,7 @@ pub async fn connect(addr: SocketAddr, settings: &ConnectConfig) -> Result<TcpSt
     match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
-            crate::io::set_keepalive(&stream, settings.keepalive);
+            crate::io::set_tcp_options(&stream, &settings.tcp);
             Ok(stream)
         }
         Ok(Err(e)) => Err(ConnectError::Refused { addr, kind: e.kind(), reason: e.to_string() }),
@@ -744,7 +744,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn connect_within(timeout: Duration) -> ConnectConfig {
-        ConnectConfig { timeout, keepalive: None }
+        ConnectConfig { timeout, tcp: Default::default() }
     }
 
     /// A local listener that counts the connections it accepts and hands
