@@ -31,6 +31,17 @@ pub const ENV_INBOUND_ACCEPT_USER_TIMEOUT: &str = "LINKERD2_PROXY_INBOUND_ACCEPT
 pub const ENV_OUTBOUND_ACCEPT_USER_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_ACCEPT_USER_TIMEOUT";
 pub const ENV_INBOUND_CONNECT_USER_TIMEOUT: &str = "LINKERD2_PROXY_INBOUND_CONNECT_USER_TIMEOUT";
 pub const ENV_OUTBOUND_CONNECT_USER_TIMEOUT: &str = "LINKERD2_PROXY_OUTBOUND_CONNECT_USER_TIMEOUT";
+/// How often each listener's HTTP/2 server connections send a PING, and
+/// how long an answer may take before the connection is closed (`10s` and
+/// `3s`, what Linkerd's injector sets; an interval of 0 sends none).
+pub const ENV_INBOUND_HTTP2_KEEP_ALIVE_INTERVAL: &str =
+    "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_KEEP_ALIVE_INTERVAL";
+pub const ENV_INBOUND_HTTP2_KEEP_ALIVE_TIMEOUT: &str =
+    "LINKERD2_PROXY_INBOUND_SERVER_HTTP2_KEEP_ALIVE_TIMEOUT";
+pub const ENV_OUTBOUND_HTTP2_KEEP_ALIVE_INTERVAL: &str =
+    "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_KEEP_ALIVE_INTERVAL";
+pub const ENV_OUTBOUND_HTTP2_KEEP_ALIVE_TIMEOUT: &str =
+    "LINKERD2_PROXY_OUTBOUND_SERVER_HTTP2_KEEP_ALIVE_TIMEOUT";
 pub const ENV_INBOUND_OPAQUE_PORTS: &str = "LINKERD2_PROXY_INBOUND_PORTS_DISABLE_PROTOCOL_DETECTION";
 pub const ENV_OUTBOUND_OPAQUE_PORTS: &str = "LINKERD2_PROXY_OUTBOUND_PORTS_DISABLE_PROTOCOL_DETECTION";
 pub const ENV_SHUTDOWN_GRACE_PERIOD: &str = "LINKERD2_PROXY_SHUTDOWN_GRACE_PERIOD";
@@ -150,6 +161,10 @@ pub struct ListenerConfig {
     pub opaque_ports: PortSet,
     /// How long an HTTP/1 client may take to send its next request head.
     pub header_read_timeout: Duration,
+    /// PINGs on HTTP/2 server connections: every `interval` (none when
+    /// `None`), closing a connection whose peer does not answer in `timeout`.
+    pub http2_keep_alive_interval: Option<Duration>,
+    pub http2_keep_alive_timeout: Duration,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -227,6 +242,12 @@ impl Config {
                     .parse(ENV_INBOUND_OPAQUE_PORTS, PortSet::parse)?
                     .unwrap_or_else(|| default_opaque.clone()),
                 header_read_timeout,
+                http2_keep_alive_interval: env
+                    .parse(ENV_INBOUND_HTTP2_KEEP_ALIVE_INTERVAL, parse_duration)?
+                    .map_or(Some(Duration::from_secs(10)), |d| (!d.is_zero()).then_some(d)),
+                http2_keep_alive_timeout: env
+                    .parse(ENV_INBOUND_HTTP2_KEEP_ALIVE_TIMEOUT, parse_duration)?
+                    .unwrap_or(Duration::from_secs(3)),
             },
             outbound: ListenerConfig {
                 addr: env
@@ -252,6 +273,12 @@ impl Config {
                 },
                 opaque_ports: env.parse(ENV_OUTBOUND_OPAQUE_PORTS, PortSet::parse)?.unwrap_or(default_opaque),
                 header_read_timeout,
+                http2_keep_alive_interval: env
+                    .parse(ENV_OUTBOUND_HTTP2_KEEP_ALIVE_INTERVAL, parse_duration)?
+                    .map_or(Some(Duration::from_secs(10)), |d| (!d.is_zero()).then_some(d)),
+                http2_keep_alive_timeout: env
+                    .parse(ENV_OUTBOUND_HTTP2_KEEP_ALIVE_TIMEOUT, parse_duration)?
+                    .unwrap_or(Duration::from_secs(3)),
             },
             admin_addr: env.parse(ENV_ADMIN_LISTEN_ADDR, parse_addr)?.unwrap_or(([0, 0, 0, 0], 4191).into()),
             control_addr: env
@@ -610,6 +637,24 @@ mod tests {
             let err = config(&[(ENV_INBOUND_ACCEPT_USER_TIMEOUT, bad)]).unwrap_err();
             assert_eq!((err.name, err.value.as_str()), (ENV_INBOUND_ACCEPT_USER_TIMEOUT, bad), "{err}");
         }
+    }
+
+    #[test]
+    fn http2_server_pings_follow_linkerds_variables() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.inbound.http2_keep_alive_interval, Some(Duration::from_secs(10)));
+        assert_eq!(c.outbound.http2_keep_alive_timeout, Duration::from_secs(3));
+        let c = config(&[
+            (ENV_INBOUND_HTTP2_KEEP_ALIVE_INTERVAL, "1s"),
+            (ENV_INBOUND_HTTP2_KEEP_ALIVE_TIMEOUT, "500ms"),
+            (ENV_OUTBOUND_HTTP2_KEEP_ALIVE_INTERVAL, "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.inbound.http2_keep_alive_interval, Some(Duration::from_secs(1)));
+        assert_eq!(c.inbound.http2_keep_alive_timeout, Duration::from_millis(500));
+        assert_eq!(c.outbound.http2_keep_alive_interval, None);
+        let err = config(&[(ENV_OUTBOUND_HTTP2_KEEP_ALIVE_TIMEOUT, "3")]).unwrap_err();
+        assert_eq!(err.name, ENV_OUTBOUND_HTTP2_KEEP_ALIVE_TIMEOUT);
     }
 
     #[test]

@@ -336,3 +336,57 @@ fn keepalive_ms(side: &str, port: &str) -> Vec<Option<u64>> {
         .map(|line| line.split("timer:(keepalive,").nth(1).and_then(|t| parse(t.split(',').next()?)))
         .collect()
 }
+
+/// `LINKERD2_PROXY_INBOUND_SERVER_HTTP2_KEEP_ALIVE_INTERVAL` and `..._TIMEOUT`:
+/// an HTTP/2 client is pinged that often, and one that does not answer is
+/// let go. The client here speaks raw frames so that it answers nothing.
+#[tokio::test]
+async fn http2_clients_are_pinged_as_configured_and_dropped_when_silent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap().to_string();
+    tokio::spawn(apps::http(listener).1);
+    let proxy = LocalProxy::start(
+        PROXY.as_ref(),
+        &[
+            ("WEFT_PROXY_INBOUND_FORWARD", &app),
+            ("LINKERD2_PROXY_INBOUND_SERVER_HTTP2_KEEP_ALIVE_INTERVAL", "1s"),
+            ("LINKERD2_PROXY_INBOUND_SERVER_HTTP2_KEEP_ALIVE_TIMEOUT", "500ms"),
+        ],
+    );
+
+    let mut sock = tokio::net::TcpStream::connect(proxy.inbound).await.unwrap();
+    // The connection preface and an empty SETTINGS frame.
+    sock.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.unwrap();
+    let started = std::time::Instant::now();
+    // With the default interval (10 s) no PING would come before this.
+    let deadline = Duration::from_secs(8);
+    let (mut pinged, mut buf) = (None, Vec::new());
+    let closed = loop {
+        let mut chunk = [0u8; 4096];
+        let n = match tokio::time::timeout_at((started + deadline).into(), sock.read(&mut chunk)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(_)) => break true, // reset: closed
+            Err(_) => break false,
+        };
+        if n == 0 {
+            break true;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        // Frames: 3-byte length, type, flags, 4-byte stream id, payload.
+        while buf.len() >= 9 {
+            let len = usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+            if buf.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (buf[3], buf[4]);
+            if kind == 0x6 && flags & 0x1 == 0 && pinged.is_none() {
+                pinged = Some(started.elapsed());
+            }
+            buf.drain(..9 + len);
+        }
+    };
+    let pinged = pinged.expect("no PING within 8 s: the configured 1 s interval was not used");
+    assert!(pinged < Duration::from_secs(5), "first PING after {pinged:?}");
+    assert!(closed, "a client that never answered a PING was still connected after {deadline:?}");
+}
