@@ -210,6 +210,28 @@ impl Config {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
+    /// The `LINKERD2_PROXY_*` and `WEFT_PROXY_*` variables among `vars` that
+    /// weft-proxy does not read (with the rest of `vars` as its
+    /// configuration): a Linkerd manifest's variables weft has no use for,
+    /// or misspelt ones, which a user moving over should hear about.
+    pub fn unread(vars: &[(String, String)]) -> Vec<String> {
+        let read = std::cell::RefCell::new(BTreeSet::new());
+        let _ = Self::from_lookup(|name| {
+            read.borrow_mut().insert(name.to_string());
+            vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        });
+        let read = read.into_inner();
+        let mut unread: Vec<String> = vars
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|k| k.starts_with("LINKERD2_PROXY_") || k.starts_with("WEFT_PROXY_"))
+            .filter(|k| !read.contains(k.as_str()))
+            .cloned()
+            .collect();
+        unread.sort();
+        unread
+    }
+
     /// Reads configuration through `get`, so tests need not touch the
     /// process environment.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
@@ -655,6 +677,26 @@ mod tests {
         assert_eq!(c.outbound.http2_keep_alive_interval, None);
         let err = config(&[(ENV_OUTBOUND_HTTP2_KEEP_ALIVE_TIMEOUT, "3")]).unwrap_err();
         assert_eq!(err.name, ENV_OUTBOUND_HTTP2_KEEP_ALIVE_TIMEOUT);
+    }
+
+    #[test]
+    fn variables_weft_does_not_read_are_named() {
+        let vars = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let set = vars(&[
+            ("PATH", "/bin"),
+            ("LINKERD2_PROXY_INBOUND_IPS", "10.0.0.1"),
+            (ENV_INBOUND_ACCEPT_KEEPALIVE, "10000ms"),
+            ("WEFT_PROXY_INBOUND_FORWRAD", "127.0.0.1:8080"),
+            (ENV_IDENTITY_DIR, "/var/run/linkerd/identity/end-entity"),
+        ]);
+        // The identity directory is read (and ignored) only with identity on.
+        assert_eq!(
+            Config::unread(&set),
+            ["LINKERD2_PROXY_IDENTITY_DIR", "LINKERD2_PROXY_INBOUND_IPS", "WEFT_PROXY_INBOUND_FORWRAD"]
+        );
+        assert!(Config::unread(&vars(&[(ENV_LOG, "info")])).is_empty());
     }
 
     #[test]

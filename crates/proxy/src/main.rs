@@ -13,6 +13,10 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config);
+    let unread = Config::unread(&std::env::vars().collect::<Vec<_>>());
+    if !unread.is_empty() {
+        tracing::info!(variables = %unread.join(" "), "set, and not used by weft-proxy");
+    }
 
     let runtime = if config.cores == 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()

@@ -390,3 +390,20 @@ async fn http2_clients_are_pinged_as_configured_and_dropped_when_silent() {
     assert!(pinged < Duration::from_secs(5), "first PING after {pinged:?}");
     assert!(closed, "a client that never answered a PING was still connected after {deadline:?}");
 }
+
+/// A user moving a Linkerd manifest over hears which of its proxy
+/// variables weft-proxy does not use (or which are misspelt).
+#[test]
+fn variables_weft_does_not_read_are_logged_at_start_up() {
+    let proxy = LocalProxy::start(
+        PROXY.as_ref(),
+        &[("LINKERD2_PROXY_INBOUND_IPS", "10.0.0.1"), ("LINKERD2_PROXY_INBOUND_ACCEPT_KEEPALIVE", "10000ms")],
+    );
+    let log = proxy.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("set, and not used by weft-proxy"))
+        .unwrap_or_else(|| panic!("no line about unused variables in:\n{log}"));
+    assert!(line.contains("LINKERD2_PROXY_INBOUND_IPS"), "{line}");
+    assert!(!line.contains("KEEPALIVE") && !line.contains("LISTEN_ADDR"), "{line}");
+}
