@@ -610,8 +610,8 @@ impl Listener {
     {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .keep_alive_interval(self.config.http2_keep_alive_interval)
-            .keep_alive_timeout(self.config.http2_keep_alive_timeout)
+            .keep_alive_interval(self.config.http2_keep_alive.interval)
+            .keep_alive_timeout(self.config.http2_keep_alive.timeout)
             .initial_stream_window_size(h2::STREAM_WINDOW)
             .initial_connection_window_size(h2::CONNECTION_WINDOW)
             .serve_connection(io, svc);

@@ -161,10 +161,16 @@ pub struct ListenerConfig {
     pub opaque_ports: PortSet,
     /// How long an HTTP/1 client may take to send its next request head.
     pub header_read_timeout: Duration,
-    /// PINGs on HTTP/2 server connections: every `interval` (none when
-    /// `None`), closing a connection whose peer does not answer in `timeout`.
-    pub http2_keep_alive_interval: Option<Duration>,
-    pub http2_keep_alive_timeout: Duration,
+    /// PINGs on HTTP/2 server connections.
+    pub http2_keep_alive: Http2KeepAlive,
+}
+
+/// A PING every `interval` (none when `None`); a connection whose peer
+/// does not answer in `timeout` is closed.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Http2KeepAlive {
+    pub interval: Option<Duration>,
+    pub timeout: Duration,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -245,31 +251,21 @@ impl Config {
                 detect_timeout: env
                     .parse(ENV_INBOUND_DETECT_TIMEOUT, parse_duration)?
                     .unwrap_or(Duration::from_secs(10)),
-                accept: TcpOptions {
-                    keepalive: env.parse(ENV_INBOUND_ACCEPT_KEEPALIVE, parse_keepalive)?.flatten(),
-                    user_timeout: env.parse(ENV_INBOUND_ACCEPT_USER_TIMEOUT, parse_user_timeout)?.flatten(),
-                },
+                accept: env.tcp_options(ENV_INBOUND_ACCEPT_KEEPALIVE, ENV_INBOUND_ACCEPT_USER_TIMEOUT)?,
                 connect: ConnectConfig {
                     timeout: env
                         .parse(ENV_INBOUND_CONNECT_TIMEOUT, parse_duration)?
                         .unwrap_or(Duration::from_millis(100)),
-                    tcp: TcpOptions {
-                        keepalive: env.parse(ENV_INBOUND_CONNECT_KEEPALIVE, parse_keepalive)?.flatten(),
-                        user_timeout: env
-                            .parse(ENV_INBOUND_CONNECT_USER_TIMEOUT, parse_user_timeout)?
-                            .flatten(),
-                    },
+                    tcp: env.tcp_options(ENV_INBOUND_CONNECT_KEEPALIVE, ENV_INBOUND_CONNECT_USER_TIMEOUT)?,
                 },
                 opaque_ports: env
                     .parse(ENV_INBOUND_OPAQUE_PORTS, PortSet::parse)?
                     .unwrap_or_else(|| default_opaque.clone()),
                 header_read_timeout,
-                http2_keep_alive_interval: env
-                    .parse(ENV_INBOUND_HTTP2_KEEP_ALIVE_INTERVAL, parse_duration)?
-                    .map_or(Some(Duration::from_secs(10)), |d| (!d.is_zero()).then_some(d)),
-                http2_keep_alive_timeout: env
-                    .parse(ENV_INBOUND_HTTP2_KEEP_ALIVE_TIMEOUT, parse_duration)?
-                    .unwrap_or(Duration::from_secs(3)),
+                http2_keep_alive: env.http2_keep_alive(
+                    ENV_INBOUND_HTTP2_KEEP_ALIVE_INTERVAL,
+                    ENV_INBOUND_HTTP2_KEEP_ALIVE_TIMEOUT,
+                )?,
             },
             outbound: ListenerConfig {
                 addr: env
@@ -278,29 +274,20 @@ impl Config {
                 detect_timeout: env
                     .parse(ENV_OUTBOUND_DETECT_TIMEOUT, parse_duration)?
                     .unwrap_or(Duration::from_secs(10)),
-                accept: TcpOptions {
-                    keepalive: env.parse(ENV_OUTBOUND_ACCEPT_KEEPALIVE, parse_keepalive)?.flatten(),
-                    user_timeout: env.parse(ENV_OUTBOUND_ACCEPT_USER_TIMEOUT, parse_user_timeout)?.flatten(),
-                },
+                accept: env.tcp_options(ENV_OUTBOUND_ACCEPT_KEEPALIVE, ENV_OUTBOUND_ACCEPT_USER_TIMEOUT)?,
                 connect: ConnectConfig {
                     timeout: env
                         .parse(ENV_OUTBOUND_CONNECT_TIMEOUT, parse_duration)?
                         .unwrap_or(Duration::from_secs(1)),
-                    tcp: TcpOptions {
-                        keepalive: env.parse(ENV_OUTBOUND_CONNECT_KEEPALIVE, parse_keepalive)?.flatten(),
-                        user_timeout: env
-                            .parse(ENV_OUTBOUND_CONNECT_USER_TIMEOUT, parse_user_timeout)?
-                            .flatten(),
-                    },
+                    tcp: env
+                        .tcp_options(ENV_OUTBOUND_CONNECT_KEEPALIVE, ENV_OUTBOUND_CONNECT_USER_TIMEOUT)?,
                 },
                 opaque_ports: env.parse(ENV_OUTBOUND_OPAQUE_PORTS, PortSet::parse)?.unwrap_or(default_opaque),
                 header_read_timeout,
-                http2_keep_alive_interval: env
-                    .parse(ENV_OUTBOUND_HTTP2_KEEP_ALIVE_INTERVAL, parse_duration)?
-                    .map_or(Some(Duration::from_secs(10)), |d| (!d.is_zero()).then_some(d)),
-                http2_keep_alive_timeout: env
-                    .parse(ENV_OUTBOUND_HTTP2_KEEP_ALIVE_TIMEOUT, parse_duration)?
-                    .unwrap_or(Duration::from_secs(3)),
+                http2_keep_alive: env.http2_keep_alive(
+                    ENV_OUTBOUND_HTTP2_KEEP_ALIVE_INTERVAL,
+                    ENV_OUTBOUND_HTTP2_KEEP_ALIVE_TIMEOUT,
+                )?,
             },
             admin_addr: env.parse(ENV_ADMIN_LISTEN_ADDR, parse_addr)?.unwrap_or(([0, 0, 0, 0], 4191).into()),
             control_addr: env
@@ -469,6 +456,31 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
         };
         parse(value.trim()).map(Some).map_err(|reason| EnvError { name, value, reason })
     }
+
+    fn tcp_options(
+        &self,
+        keepalive: &'static str,
+        user_timeout: &'static str,
+    ) -> Result<TcpOptions, EnvError> {
+        Ok(TcpOptions {
+            keepalive: self.parse(keepalive, parse_keepalive)?.flatten(),
+            user_timeout: self.parse(user_timeout, parse_user_timeout)?.flatten(),
+        })
+    }
+
+    /// Linkerd's injector sets 10s and 3s; weft uses them unset too.
+    fn http2_keep_alive(
+        &self,
+        interval: &'static str,
+        timeout: &'static str,
+    ) -> Result<Http2KeepAlive, EnvError> {
+        Ok(Http2KeepAlive {
+            interval: self
+                .parse(interval, parse_duration)?
+                .map_or(Some(Duration::from_secs(10)), |d| (!d.is_zero()).then_some(d)),
+            timeout: self.parse(timeout, parse_duration)?.unwrap_or(Duration::from_secs(3)),
+        })
+    }
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
@@ -513,8 +525,6 @@ fn parse_log_format(s: &str) -> Result<LogFormat, String> {
     }
 }
 
-/// Durations as linkerd2-proxy writes them: a whole number and a unit
-/// (`100ms`, `10s`, `2m`, `1h`, `1d`). A bare `0` means zero.
 /// A TCP keepalive idle time: 0 is none. Linux counts it in whole seconds
 /// (1 to 32,767; a part second is dropped), so less than a second is an error
 /// rather than a socket option the kernel refuses on every connection.
@@ -539,6 +549,8 @@ fn parse_user_timeout(s: &str) -> Result<Option<Duration>, String> {
     Ok((!d.is_zero()).then_some(d))
 }
 
+/// Durations as linkerd2-proxy writes them: a whole number and a unit
+/// (`100ms`, `10s`, `2m`, `1h`, `1d`). A bare `0` means zero.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     const HINT: &str = "expected a whole number with a unit (ms, s, m, h or d), such as 10s";
     if s == "0" {
@@ -664,17 +676,17 @@ mod tests {
     #[test]
     fn http2_server_pings_follow_linkerds_variables() {
         let c = config(&[]).unwrap();
-        assert_eq!(c.inbound.http2_keep_alive_interval, Some(Duration::from_secs(10)));
-        assert_eq!(c.outbound.http2_keep_alive_timeout, Duration::from_secs(3));
+        assert_eq!(c.inbound.http2_keep_alive.interval, Some(Duration::from_secs(10)));
+        assert_eq!(c.outbound.http2_keep_alive.timeout, Duration::from_secs(3));
         let c = config(&[
             (ENV_INBOUND_HTTP2_KEEP_ALIVE_INTERVAL, "1s"),
             (ENV_INBOUND_HTTP2_KEEP_ALIVE_TIMEOUT, "500ms"),
             (ENV_OUTBOUND_HTTP2_KEEP_ALIVE_INTERVAL, "0"),
         ])
         .unwrap();
-        assert_eq!(c.inbound.http2_keep_alive_interval, Some(Duration::from_secs(1)));
-        assert_eq!(c.inbound.http2_keep_alive_timeout, Duration::from_millis(500));
-        assert_eq!(c.outbound.http2_keep_alive_interval, None);
+        assert_eq!(c.inbound.http2_keep_alive.interval, Some(Duration::from_secs(1)));
+        assert_eq!(c.inbound.http2_keep_alive.timeout, Duration::from_millis(500));
+        assert_eq!(c.outbound.http2_keep_alive.interval, None);
         let err = config(&[(ENV_OUTBOUND_HTTP2_KEEP_ALIVE_TIMEOUT, "3")]).unwrap_err();
         assert_eq!(err.name, ENV_OUTBOUND_HTTP2_KEEP_ALIVE_TIMEOUT);
     }
