@@ -239,14 +239,13 @@ async fn http1_connections_without_a_request_head_are_closed_after_the_header_re
 /// keepalive timer. Without them, the proxy's sockets have none.
 #[tokio::test]
 async fn tcp_keepalive_follows_linkerds_variables() {
-    let mut apps = Vec::new();
+    let mut app_addrs = Vec::new();
     for _ in 0..2 {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        apps.push(listener.local_addr().unwrap());
+        app_addrs.push(listener.local_addr().unwrap());
         tokio::spawn(apps::http(listener).1);
     }
-    let forward = |app: std::net::SocketAddr| app.to_string();
-    let (app_with, app_without) = (forward(apps[0]), forward(apps[1]));
+    let (app_with, app_without) = (app_addrs[0].to_string(), app_addrs[1].to_string());
     let with = LocalProxy::start(
         PROXY.as_ref(),
         &[
@@ -276,7 +275,7 @@ async fn tcp_keepalive_follows_linkerds_variables() {
     // wait for the keepalive timers to be what `ss` shows.
     let accepted = format!(":{}", with.inbound.port());
     let admin = format!(":{}", with.admin.port());
-    let to_app = format!(":{}", apps[0].port());
+    let to_app = format!(":{}", app_addrs[0].port());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let accepted_timers = keepalive_ms("sport", &accepted);
@@ -298,7 +297,7 @@ async fn tcp_keepalive_follows_linkerds_variables() {
     }
     let plain = keepalive_ms("sport", &format!(":{}", without.inbound.port()));
     assert_eq!(plain, [None], "a proxy without the variables kept a keepalive timer");
-    let plain = keepalive_ms("dport", &format!(":{}", apps[1].port()));
+    let plain = keepalive_ms("dport", &format!(":{}", app_addrs[1].port()));
     assert_eq!(plain, [None], "a proxy without the variables kept a keepalive timer");
     drop(open);
 }
